@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine:
+#   make serve   install into .venv, then run Triton and the proxy (:8080) in the foreground
+#   make test    install into .venv, then run the tests against the real stack
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+REQUIREMENTS := serving/requirements.txt model_repository/requirements.txt tests/requirements.txt
+
+# Triton 2.51 as shipped in the nvidia-pytriton wheel (see README: "Where Triton comes from").
+TRITON_HOME = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pytriton/tritonserver
+STACK_ENV = TRITON_HOME=$(TRITON_HOME) MODEL_PYTHON=$(abspath $(PY)) PROXY_PYTHON=$(abspath $(PY))
+
+.PHONY: install serve test train bench clean
+
+install: $(STAMP)
+
+$(STAMP): $(REQUIREMENTS)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(addprefix -r ,$(REQUIREMENTS))
+	@# The wheel ships one python-backend stub per Python version; Triton looks for it beside the backend.
+	v=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  cp "$(TRITON_HOME)/python_backend_stubs/$$v/triton_python_backend_stub" "$(TRITON_HOME)/backends/python/"
+	touch $@
+
+serve: install
+	$(STACK_ENV) sh run.sh
+
+test: install
+	$(STACK_ENV) $(PY) -m pytest -v tests
+
+train: install
+	$(PY) model_repository/mnist/train.py
+
+clean:
+	rm -rf $(VENV)

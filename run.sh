@@ -1,0 +1,120 @@
+#!/bin/sh
+# Container entry (CMD ["sh", "/home/run.sh"]); POSIX sh, since that is dash on Debian and Ubuntu.
+# Lifecycle only: start Triton, wait until it is ready, start gunicorn, then watch both.
+# On SIGTERM (or SIGINT): /health -> 503, keep serving for GRACE_PERIOD s, stop gunicorn gracefully
+# (in-flight requests finish), then stop Triton, and exit 0. If either child dies on its own, stop
+# the other and exit 1.
+set -eu
+
+APP_HOME=${APP_HOME:-$(cd "$(dirname "$0")" && pwd)}
+MODEL_REPOSITORY=${MODEL_REPOSITORY:-$APP_HOME/model_repository}
+MODELARTS_CONFIG=${MODELARTS_CONFIG:-$APP_HOME/config.json}
+TRITON_HOME=${TRITON_HOME:-/opt/tritonserver}
+MODEL_PYTHON=${MODEL_PYTHON:-python3}   # the python3 that Triton's python backend embeds
+PROXY_PYTHON=${PROXY_PYTHON:-python3}   # the python3 that runs gunicorn
+TRITON_HTTP_PORT=${TRITON_HTTP_PORT:-8000}
+TRITON_GRPC_PORT=${TRITON_GRPC_PORT:-8001}
+TRITON_METRICS_PORT=${TRITON_METRICS_PORT:-8002}
+TRITON_ARGS=${TRITON_ARGS:-}
+GRACE_PERIOD=${GRACE_PERIOD:-60}
+STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-600}
+DRAIN_FILE=${DRAIN_FILE:-/tmp/serving.draining}
+export MODELARTS_CONFIG TRITON_GRPC_PORT DRAIN_FILE
+export PYTHONPATH="$APP_HOME${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+log() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) run.sh: $*"; }
+
+triton_pid=
+gunicorn_pid=
+nap_pid=
+stopping=
+trap 'stopping=1' TERM INT
+
+# Sleep in the background so that a signal interrupts the wait at once.
+nap() { sleep "$1" & nap_pid=$!; wait "$nap_pid" || true; }
+
+alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+
+# stop NAME PID: send SIGTERM and wait until PID is gone (a second signal must not cut the wait short).
+stop() {
+    if alive "$2"; then
+        kill -TERM "$2" 2>/dev/null || true
+        rc=0
+        wait "$2" || rc=$?
+        while alive "$2"; do rc=0; wait "$2" || rc=$?; done
+        log "$1 stopped (exit $rc)"
+    fi
+}
+
+# died NAME PID: PID has exited on its own; stop everything else and fail.
+died() {
+    rc=0
+    wait "$2" || rc=$?
+    log "$1 exited on its own (exit $rc); stopping"
+    stop gunicorn "$gunicorn_pid"
+    stop Triton "$triton_pid"
+    exit 1
+}
+
+check_children() {
+    alive "$triton_pid" || died Triton "$triton_pid"
+    [ -z "$gunicorn_pid" ] || alive "$gunicorn_pid" || died gunicorn "$gunicorn_pid"
+}
+
+shutdown() {
+    : >"$DRAIN_FILE"
+    log "stop requested: /health now answers 503; serving on for the ${GRACE_PERIOD}s grace period"
+    end=$(( $(date +%s) + GRACE_PERIOD ))
+    while [ "$(date +%s)" -lt "$end" ]; do
+        check_children
+        nap 1
+    done
+    log "grace period over: stopping gunicorn (in-flight requests finish first)"
+    stop gunicorn "$gunicorn_pid"
+    log "stopping Triton"
+    stop Triton "$triton_pid"
+    rm -f "$DRAIN_FILE"
+    [ -z "$nap_pid" ] || kill "$nap_pid" 2>/dev/null || true
+    log "shutdown complete"
+    exit 0
+}
+
+rm -f "$DRAIN_FILE"
+model_bin=$(dirname "$(command -v "$MODEL_PYTHON")")
+log "starting Triton: repository $MODEL_REPOSITORY, models' python $model_bin/python3"
+# Triton's python backend embeds the python3 found first on PATH, hence the PATH.
+# shellcheck disable=SC2086 # TRITON_ARGS is a list of extra flags
+PATH="$model_bin:$PATH" "$TRITON_HOME/bin/tritonserver" \
+    --model-repository="$MODEL_REPOSITORY" \
+    --backend-directory="$TRITON_HOME/backends" \
+    --http-address=127.0.0.1 --http-port="$TRITON_HTTP_PORT" \
+    --grpc-address=127.0.0.1 --grpc-port="$TRITON_GRPC_PORT" \
+    --metrics-address=127.0.0.1 --metrics-port="$TRITON_METRICS_PORT" \
+    --exit-timeout-secs=30 \
+    $TRITON_ARGS 2>&1 &
+triton_pid=$!
+
+started=$(date +%s)
+until "$PROXY_PYTHON" -m serving.triton >/dev/null 2>&1; do
+    [ -z "$stopping" ] || shutdown
+    check_children
+    if [ $(( $(date +%s) - started )) -ge "$STARTUP_TIMEOUT" ]; then
+        log "Triton not ready after ${STARTUP_TIMEOUT}s; stopping"
+        "$PROXY_PYTHON" -m serving.triton || true
+        stop Triton "$triton_pid"
+        exit 1
+    fi
+    nap 0.5
+done
+log "Triton ready after $(( $(date +%s) - started ))s; starting gunicorn"
+
+# Bind, gevent workers, keep-alive 200 and the graceful timeout are in serving/gunicorn.conf.py.
+"$PROXY_PYTHON" -m gunicorn --config "$APP_HOME/serving/gunicorn.conf.py" --chdir "$APP_HOME" \
+    "serving.app:create_app()" 2>&1 &
+gunicorn_pid=$!
+
+while :; do
+    [ -z "$stopping" ] || shutdown
+    check_children
+    nap 1
+done

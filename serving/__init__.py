@@ -1,0 +1,1 @@
+"""HTTP front for Triton under the ModelArts custom-image contract."""

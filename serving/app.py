@@ -1,0 +1,154 @@
+"""Flask app factory: /health, and one predict route per config.json api.
+
+Hot path: request -> codec -> one Triton gRPC call -> codec -> response. Everything else
+(config parsing, model metadata, validation) happens once, in create_app().
+"""
+import json
+import logging
+import os
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from . import codecs, modelarts, triton
+from .errors import BadRequest, ConfigError, PayloadTooLarge, ServingError, UnsupportedMediaType
+from .settings import Settings
+
+log = logging.getLogger("serving.app")
+
+
+def _json(body, status=200):
+    return Response(json.dumps(body, ensure_ascii=False), status=status, mimetype="application/json")
+
+
+def check_binding(route, info):
+    """Refuse at start-up a route whose fields do not match its model's tensors."""
+    where = f"{route.method} {route.url} -> model {route.model!r}"
+    names = {f.name for f in route.inputs}
+    for f in route.inputs:
+        if f.name not in info.inputs:
+            raise ConfigError(f"{where}: request property {f.name!r} is not a model input {sorted(info.inputs)}")
+        datatype, shape = info.inputs[f.name]
+        item = shape[1:] if info.batched else shape
+        if f.type == "file" and (datatype != "BYTES" or any(d != 1 for d in item)):
+            raise ConfigError(f"{where}: file property {f.name!r} needs a BYTES input of one element")
+    missing = set(info.inputs) - names
+    if missing:
+        raise ConfigError(f"{where}: model inputs {sorted(missing)} have no request property")
+    for f in route.outputs:
+        if f.name not in info.outputs:
+            raise ConfigError(f"{where}: response property {f.name!r} is not a model output {sorted(info.outputs)}")
+
+
+def decode(route, info):
+    """The request body -> {input name: tensor}, following the route's request schema."""
+    ctype = request.mimetype
+    if ctype != route.content_type:
+        raise UnsupportedMediaType(f"expected a {route.content_type} body, got {ctype or 'no Content-Type'}")
+    tensors = {}
+    if ctype == modelarts.MULTIPART:
+        files, form = request.files, request.form
+        for f in route.inputs:
+            datatype, shape = info.inputs[f.name]
+            if f.type == "file":
+                upload = files.get(f.name)
+                if upload is None:
+                    if not f.required:
+                        continue
+                    got = sorted(set(files) | set(form))
+                    hint = f" (got {', '.join(got)})" if got else ""
+                    if f.name in form:
+                        raise BadRequest(f"field {f.name!r} must be a file upload, not a text field")
+                    raise BadRequest(f"missing file field {f.name!r}{hint}")
+                tensors[f.name] = codecs.file_tensor(f.name, upload.read(), datatype, shape, info.batched)
+            else:
+                if f.name not in form:
+                    if f.required:
+                        raise BadRequest(f"missing form field {f.name!r}")
+                    continue
+                raw = form[f.name]
+                try:
+                    value = raw if datatype == "BYTES" else json.loads(raw)
+                except ValueError:
+                    raise BadRequest(f"form field {f.name!r} must hold {datatype} values") from None
+                tensors[f.name] = codecs.json_tensor(f.name, value, datatype, shape, info.batched)
+    else:
+        doc = codecs.parse_json_body(request.get_data(cache=False))
+        for f in route.inputs:
+            if f.name not in doc:
+                if f.required:
+                    raise BadRequest(f"missing field {f.name!r}")
+                continue
+            datatype, shape = info.inputs[f.name]
+            tensors[f.name] = codecs.json_tensor(f.name, doc[f.name], datatype, shape, info.batched)
+    return tensors
+
+
+def create_app(settings=None):
+    settings = settings or Settings.from_env()
+    config = modelarts.load(settings.modelarts_config)
+    client = triton.client(settings.triton_grpc_url)
+    infos = {}
+    for route in config.routes:
+        key = (route.model, route.version)
+        if key not in infos:
+            infos[key] = triton.model_info(client, route.model, route.version)
+        check_binding(route, infos[key])
+    readiness = triton.Readiness(client, infos, settings.health_timeout_s, settings.health_cache_s)
+
+    app = Flask("serving")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    limit_mb = settings.max_body_bytes / (1024 * 1024)
+
+    @app.get(config.health_url)
+    def health():
+        if os.path.exists(settings.drain_file):
+            return _json({"health": "false", "reason": "shutting down"}, 503)
+        reason = readiness.check()
+        if reason:
+            return _json({"health": "false", "reason": reason}, 503)
+        return _json({"health": "true"})
+
+    def predict_view(route, info):
+        names = [f.name for f in route.outputs]
+        types = {f.name: f.type for f in route.outputs}
+
+        def predict():
+            if request.content_length is not None and request.content_length > settings.max_body_bytes:
+                raise PayloadTooLarge(f"request body over {limit_mb:g} MB")
+            tensors = decode(route, info)
+            if not tensors:
+                raise BadRequest("the request carries none of the fields " + ", ".join(f.name for f in route.inputs))
+            outputs = triton.infer(client, info, tensors, names, settings.request_timeout_s)
+            return _json({n: codecs.output_value(outputs[n], types[n], info.batched) for n in names})
+
+        return predict
+
+    for route in config.routes:
+        app.add_url_rule(route.url, endpoint=f"{route.method} {route.url}", methods=[route.method],
+                         view_func=predict_view(route, infos[(route.model, route.version)]))
+        log.info("route %s %s -> model %r (inputs %s; outputs %s)", route.method, route.url, route.model,
+                 [f.name for f in route.inputs], [f.name for f in route.outputs])
+
+    @app.errorhandler(ServingError)
+    def serving_error(exc):
+        if exc.status >= 500:
+            log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
+        return _json({"error": exc.message}, exc.status)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc):
+        if exc.code == 413:
+            return _json({"error": f"request body over {limit_mb:g} MB"}, 413)
+        if exc.code == 405:
+            return _json({"error": f"method {request.method} is not allowed on {request.path}"}, 405)
+        if exc.code == 404:
+            return _json({"error": f"no route for {request.path}"}, 404)
+        return _json({"error": exc.description or exc.name}, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _json({"error": "internal error"}, 500)
+
+    return app

@@ -1,0 +1,114 @@
+"""HTTP bodies <-> tensors. Pure functions: no Flask, no gRPC.
+
+Requests:  multipart file -> BYTES [1];  JSON string -> BYTES;  JSON numbers/arrays -> the input's dtype and shape.
+Responses: one element -> a JSON scalar, several -> a list (or a list always, where the schema says "array");
+           BYTES -> str.
+"""
+import json
+
+import numpy as np
+
+from .errors import BadRequest
+
+# Triton datatype -> numpy dtype (BYTES is object, holding Python bytes).
+DTYPES = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
+}
+
+
+def request_shape(shape, batched):
+    """The concrete shape of one request: the batch dimension (and any other -1) becomes 1."""
+    return [1 if d < 0 else d for d in shape] if batched else list(shape)
+
+
+def file_tensor(name, data, datatype, shape, batched):
+    """One uploaded file -> a BYTES tensor holding its raw bytes."""
+    if datatype != "BYTES":
+        raise BadRequest(f"field {name!r} does not take a file")
+    if not data:
+        raise BadRequest(f"file field {name!r} is empty")
+    return np.array([data], dtype=np.object_).reshape(request_shape(shape, batched))
+
+
+def _to_bytes(name, value):
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    raise BadRequest(f"field {name!r} must hold strings, got {type(value).__name__}")
+
+
+def json_tensor(name, value, datatype, shape, batched):
+    """A JSON value -> a tensor of the input's datatype and shape, or BadRequest saying what is wrong."""
+    if datatype == "BYTES":
+        if isinstance(value, list):
+            flat = np.array(value, dtype=np.object_)
+            if flat.dtype != np.object_ or any(isinstance(v, list) for v in flat.reshape(-1)):
+                raise BadRequest(f"field {name!r} must be a regular array of strings")
+            arr = np.vectorize(lambda v: _to_bytes(name, v), otypes=[np.object_])(flat) if flat.size else flat
+        else:
+            arr = np.array([_to_bytes(name, value)], dtype=np.object_)
+    else:
+        if isinstance(value, str) or _has(value, lambda v: isinstance(v, (str, dict)) or v is None):
+            raise BadRequest(f"field {name!r} must hold numbers ({datatype})")
+        if datatype != "BOOL" and _has(value, lambda v: isinstance(v, bool)):
+            raise BadRequest(f"field {name!r} must hold numbers ({datatype}), not booleans")
+        try:
+            arr = np.asarray(value)
+        except ValueError:
+            raise BadRequest(f"field {name!r} must be a regular (non-ragged) array") from None
+        if arr.dtype == np.object_:
+            raise BadRequest(f"field {name!r} must be a regular (non-ragged) array")
+        if datatype != "BOOL" and np.issubdtype(DTYPES[datatype], np.integer) and not np.issubdtype(arr.dtype, np.integer):
+            if not np.all(np.mod(arr, 1) == 0):
+                raise BadRequest(f"field {name!r} must hold integers ({datatype})")
+        try:
+            arr = arr.astype(DTYPES[datatype])
+        except (OverflowError, ValueError, TypeError):
+            raise BadRequest(f"field {name!r} does not fit {datatype}") from None
+    return _fit(name, arr, shape, batched)
+
+
+def _has(value, pred):
+    if isinstance(value, list):
+        return any(_has(v, pred) for v in value)
+    return pred(value)
+
+
+def _fit(name, arr, shape, batched):
+    """Give `arr` the model's shape: a scalar fills a one-element input, and the batch dimension is added."""
+    item = list(shape[1:] if batched else shape)
+    if arr.ndim == 0:
+        arr = arr.reshape([1] * len(item))
+    if batched and arr.ndim == len(item):
+        arr = arr[None]
+    if arr.ndim != len(shape) or any(w >= 0 and w != a for w, a in zip(shape, arr.shape)):
+        expect = ["n" if w < 0 else w for w in item]
+        raise BadRequest(f"field {name!r} must have shape {expect}, got {list(arr.shape)}")
+    return arr
+
+
+def parse_json_body(raw):
+    if not raw:
+        raise BadRequest("empty request body: expected a JSON object")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"malformed JSON body: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("JSON body must be an object of named fields")
+    return doc
+
+
+def output_value(arr, schema_type, batched):
+    """One Triton output -> its JSON value, as the response schema says."""
+    if batched and arr.ndim >= 1 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.dtype == np.object_:
+        arr = np.vectorize(lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b),
+                           otypes=[np.object_])(arr)
+    if schema_type == "array":
+        return arr.reshape(1).tolist() if arr.ndim == 0 else arr.tolist()
+    if arr.size == 1:
+        return arr.reshape(-1).tolist()[0]
+    return arr.tolist()

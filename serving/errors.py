@@ -1,0 +1,41 @@
+"""Typed errors. Each carries its HTTP status; app.py turns every one into {"error": ...} JSON."""
+
+
+class ServingError(Exception):
+    status = 500
+
+    def __init__(self, message):
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(ServingError):
+    status = 400
+
+
+class NotFound(ServingError):
+    status = 404
+
+
+class MethodNotAllowed(ServingError):
+    status = 405
+
+
+class PayloadTooLarge(ServingError):
+    status = 413
+
+
+class UnsupportedMediaType(ServingError):
+    status = 415
+
+
+class Unavailable(ServingError):
+    status = 503
+
+
+class DeadlineExceeded(ServingError):
+    status = 504
+
+
+class ConfigError(Exception):
+    """config.json does not describe a servable API. Raised at start-up, never per request."""

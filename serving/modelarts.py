@@ -1,0 +1,110 @@
+"""Load and check the ModelArts config.json; turn each `apis[]` entry into a Route bound to a Triton model.
+
+Binding rules (documented in the README):
+- each api names its Triton model in the namespaced extension key `"x-triton": {"model": ..., "version": ...}`;
+- request property names are Triton input names, response property names are Triton output names;
+- `"type": "file"` properties arrive as multipart file uploads and go to Triton as BYTES.
+"""
+import json
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+EXTENSION = "x-triton"
+MULTIPART = "multipart/form-data"
+JSON = "application/json"
+METHODS = ("GET", "POST", "PUT")
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str          # the JSON-schema type: file, string, integer, number, boolean, array, object
+    required: bool
+
+
+@dataclass(frozen=True)
+class Route:
+    url: str
+    method: str
+    model: str
+    version: str
+    content_type: str                # what the request body must be
+    inputs: tuple                    # Field per request property = Triton input
+    outputs: tuple                   # Field per response property = Triton output
+
+
+@dataclass(frozen=True)
+class ModelArtsConfig:
+    health_url: str
+    routes: tuple
+
+
+def _properties(block, where):
+    data = block.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("properties"), dict) or not data["properties"]:
+        raise ConfigError(f"{where}: needs data.properties with at least one property")
+    required = data.get("required")
+    props = []
+    for name, schema in data["properties"].items():
+        if not isinstance(schema, dict) or not isinstance(schema.get("type"), str):
+            raise ConfigError(f"{where}: property {name!r} needs a string 'type'")
+        # Without a `required` list every property is required, as every non-optional Triton input is.
+        props.append(Field(name, schema["type"], required is None or name in required))
+    return tuple(props)
+
+
+def _content_type(block, where):
+    ctype = block.get("Content-type") or block.get("Content-Type")
+    if ctype not in (MULTIPART, JSON):
+        raise ConfigError(f"{where}: Content-type must be {MULTIPART!r} or {JSON!r}, not {ctype!r}")
+    return ctype
+
+
+def parse(doc):
+    """A config.json document (dict) -> ModelArtsConfig, or ConfigError naming the first problem."""
+    if not isinstance(doc, dict):
+        raise ConfigError("config.json must hold a JSON object")
+    for key in ("model_algorithm", "model_type"):
+        if not isinstance(doc.get(key), str) or not doc[key]:
+            raise ConfigError(f"config.json: {key!r} is required")
+    health = doc.get("health") or {}
+    health_url = health.get("url", "/health")
+    apis = doc.get("apis")
+    if not isinstance(apis, list) or not apis:
+        raise ConfigError("config.json: 'apis' must be a non-empty list")
+    routes, seen = [], set()
+    for i, api in enumerate(apis):
+        where = f"apis[{i}]"
+        url, method = api.get("url"), str(api.get("method", "post")).upper()
+        if not isinstance(url, str) or not url.startswith("/"):
+            raise ConfigError(f"{where}: 'url' must be a path starting with '/'")
+        if method not in METHODS:
+            raise ConfigError(f"{where}: method {method!r} is not one of {METHODS}")
+        if (url, method) in seen or url == health_url:
+            raise ConfigError(f"{where}: {method} {url} is declared twice or clashes with the health URL")
+        seen.add((url, method))
+        binding = api.get(EXTENSION)
+        if not isinstance(binding, dict) or not isinstance(binding.get("model"), str):
+            raise ConfigError(f'{where}: needs "{EXTENSION}": {{"model": "<triton model name>"}}')
+        request, response = api.get("request") or {}, api.get("response") or {}
+        content_type = _content_type(request, f"{where}.request")
+        inputs = _properties(request, f"{where}.request")
+        if content_type == JSON and any(f.type == "file" for f in inputs):
+            raise ConfigError(f"{where}.request: 'file' properties need {MULTIPART!r}")
+        if _content_type(response, f"{where}.response") != JSON:
+            raise ConfigError(f"{where}.response: only {JSON!r} responses are supported")
+        routes.append(Route(url=url, method=method, model=binding["model"], version=str(binding.get("version", "")),
+                            content_type=content_type, inputs=inputs, outputs=_properties(response, f"{where}.response")))
+    return ModelArtsConfig(health_url=health_url, routes=tuple(routes))
+
+
+def load(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    return parse(doc)

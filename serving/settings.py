@@ -1,0 +1,57 @@
+"""The environment, read once at start-up into typed settings. Every knob of the proxy is here."""
+import os
+from dataclasses import dataclass
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _int(name, default):
+    raw = os.environ.get(name, "")
+    try:
+        return int(raw) if raw.strip() else default
+    except ValueError:
+        raise SystemExit(f"settings: {name}={raw!r} is not an integer") from None
+
+
+def _float(name, default):
+    raw = os.environ.get(name, "")
+    try:
+        return float(raw) if raw.strip() else default
+    except ValueError:
+        raise SystemExit(f"settings: {name}={raw!r} is not a number") from None
+
+
+def _bool(name, default):
+    raw = os.environ.get(name, "").strip().lower()
+    return default if not raw else raw in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    modelarts_config: str       # the ModelArts config.json whose apis become routes
+    triton_grpc_url: str        # Triton's private gRPC endpoint
+    request_timeout_s: float    # deadline of one predict call to Triton (ModelArts fails sync calls at 60 s)
+    health_timeout_s: float     # deadline of one readiness probe to Triton
+    health_cache_s: float       # how long one readiness answer is reused, so /health stays cheap under load
+    max_body_bytes: int         # larger request bodies get 413
+    drain_file: str             # present => /health answers 503 (run.sh creates it on SIGTERM)
+    listen_port: int
+    workers: int
+    graceful_timeout_s: int     # how long gunicorn lets in-flight requests finish on stop (<= 90)
+    access_log: bool
+
+    @classmethod
+    def from_env(cls):
+        return cls(
+            modelarts_config=os.environ.get("MODELARTS_CONFIG") or os.path.join(ROOT, "config.json"),
+            triton_grpc_url=f"127.0.0.1:{_int('TRITON_GRPC_PORT', 8001)}",
+            request_timeout_s=_float("REQUEST_TIMEOUT", 30.0),
+            health_timeout_s=_float("HEALTH_TIMEOUT", 2.0),
+            health_cache_s=_float("HEALTH_CACHE", 1.0),
+            max_body_bytes=_int("MAX_BODY_MB", 16) * 1024 * 1024,
+            drain_file=os.environ.get("DRAIN_FILE") or "/tmp/serving.draining",
+            listen_port=_int("PORT", 8080),
+            workers=_int("WORKERS", max(1, min(4, os.cpu_count() or 1))),
+            graceful_timeout_s=min(_int("GRACEFUL_TIMEOUT", 85), 90),
+            access_log=_bool("ACCESS_LOG", True),
+        )
