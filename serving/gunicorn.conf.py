@@ -43,6 +43,11 @@ def post_fork(server, worker):
     triton.connect(_settings.triton_grpc_url)
 
 
+def worker_exit(server, worker):
+    from serving import triton
+    triton.close()
+
+
 def on_exit(server):
     server.log.info("gunicorn stopped")
     sys.stdout.flush()

@@ -26,6 +26,15 @@ def connect(url):
     return _client
 
 
+def close():
+    """Close this process's channel while gevent's hub still runs; left to __del__ at interpreter exit,
+    grpc's Channel.close() under gevent hangs and the worker never exits."""
+    global _client
+    if _client is not None:
+        _client.close()
+        _client = None
+
+
 def client(url):
     return _client if _client is not None else connect(url)
 

@@ -94,7 +94,9 @@ def preprocess(data):
                 ground = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(ground, im)
             gray = np.asarray(im.convert("L"), np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
+        raise ValueError("not an image file: expected JPEG, PNG, BMP, GIF, TIFF or WebP") from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(f"not a decodable image: {exc}") from None
     return normalize_digit(gray)
 

