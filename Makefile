@@ -29,7 +29,7 @@ serve: install
 	$(STACK_ENV) sh run.sh
 
 test: install
-	$(STACK_ENV) $(PY) -m pytest -v tests
+	$(STACK_ENV) $(PY) -m pytest -v $(or $(PYTEST_ARGS),tests)
 
 train: install
 	$(PY) model_repository/mnist/train.py

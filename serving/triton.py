@@ -19,16 +19,21 @@ log = logging.getLogger("serving.triton")
 _client = None
 
 
+class _Client(grpcclient.InferenceServerClient):
+    def __del__(self):
+        # Closed by close(), while gevent's hub still runs. Closing again from __del__ at interpreter exit
+        # hangs in grpc's Channel.close() under gevent, and the worker never exits.
+        pass
+
+
 def connect(url):
     """Create this process's client. Call it after fork (gunicorn's post_fork), never before."""
     global _client
-    _client = grpcclient.InferenceServerClient(url)
+    _client = _Client(url)
     return _client
 
 
 def close():
-    """Close this process's channel while gevent's hub still runs; left to __del__ at interpreter exit,
-    grpc's Channel.close() under gevent hangs and the worker never exits."""
     global _client
     if _client is not None:
         _client.close()
