@@ -59,11 +59,15 @@ def json_tensor(name, value, datatype, shape, batched):
             raise BadRequest(f"field {name!r} must be a regular (non-ragged) array") from None
         if arr.dtype == np.object_:
             raise BadRequest(f"field {name!r} must be a regular (non-ragged) array")
-        if datatype != "BOOL" and np.issubdtype(DTYPES[datatype], np.integer) and not np.issubdtype(arr.dtype, np.integer):
-            if not np.all(np.mod(arr, 1) == 0):
+        dtype = DTYPES[datatype]
+        if np.issubdtype(dtype, np.integer) and arr.size:
+            if not np.issubdtype(arr.dtype, np.integer) and not np.all(np.mod(arr, 1) == 0):
                 raise BadRequest(f"field {name!r} must hold integers ({datatype})")
+            bounds = np.iinfo(dtype)
+            if arr.min() < bounds.min or arr.max() > bounds.max:
+                raise BadRequest(f"field {name!r} does not fit {datatype}")
         try:
-            arr = arr.astype(DTYPES[datatype])
+            arr = arr.astype(dtype)
         except (OverflowError, ValueError, TypeError):
             raise BadRequest(f"field {name!r} does not fit {datatype}") from None
     return _fit(name, arr, shape, batched)

@@ -1,0 +1,162 @@
+"""Unit tests of the pure parts: config.json parsing and the codecs. No Triton needed."""
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+
+from serving import codecs, modelarts
+from serving.app import check_binding
+from serving.errors import BadRequest, ConfigError
+from serving.triton import ModelInfo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+with open(os.path.join(ROOT, "config.json")) as f:
+    SHIPPED = json.load(f)
+
+
+def test_shipped_config_binds_post_root_to_mnist():
+    config = modelarts.parse(SHIPPED)
+    assert config.health_url == "/health"
+    (route,) = config.routes
+    assert (route.url, route.method, route.model, route.version) == ("/", "POST", "mnist", "")
+    assert route.content_type == "multipart/form-data"
+    assert route.inputs == (modelarts.Field("images", "file", True),)
+    assert route.outputs == (modelarts.Field("mnist_result", "integer", True),)
+
+
+def test_shipped_config_is_a_modelarts_model_config():
+    assert SHIPPED["model_type"] == "Image"
+    assert SHIPPED["model_algorithm"] == "image_classification"
+    assert SHIPPED["health"]["url"] == "/health"
+    api = SHIPPED["apis"][0]
+    assert api["request"]["data"]["properties"]["images"] == {"type": "file"}
+    assert api["response"]["Content-type"] == "application/json"
+    # Only the one namespaced extension key beyond ModelArts' own.
+    assert set(api) - {"protocol", "url", "method", "request", "response"} == {"x-triton"}
+
+
+def test_several_models_each_behind_its_url():
+    doc = copy.deepcopy(SHIPPED)
+    doc["apis"].append({
+        "url": "/embed", "method": "post", "x-triton": {"model": "minilm", "version": "2"},
+        "request": {"Content-type": "application/json",
+                    "data": {"type": "object", "properties": {"text": {"type": "string"}}}},
+        "response": {"Content-type": "application/json",
+                     "data": {"type": "object", "properties": {"embedding": {"type": "array"}}}},
+    })
+    routes = modelarts.parse(doc).routes
+    assert [(r.url, r.model, r.version) for r in routes] == [("/", "mnist", ""), ("/embed", "minilm", "2")]
+
+
+def _broken(mutate):
+    doc = copy.deepcopy(SHIPPED)
+    mutate(doc)
+    return doc
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d.pop("model_type"), "'model_type' is required"),
+    (lambda d: d.update(apis=[]), "'apis' must be a non-empty list"),
+    (lambda d: d["apis"][0].pop("x-triton"), '"x-triton": {"model"'),
+    (lambda d: d["apis"][0].update(url="predict"), "must be a path starting with '/'"),
+    (lambda d: d["apis"][0].update(method="delete"), "method 'DELETE'"),
+    (lambda d: d["apis"].append(copy.deepcopy(d["apis"][0])), "declared twice"),
+    (lambda d: d["apis"][0]["request"].update({"Content-type": "text/plain"}), "Content-type must be"),
+    (lambda d: d["apis"][0]["request"]["data"].update(properties={}), "at least one property"),
+    (lambda d: d["apis"][0]["request"].update({"Content-type": "application/json"}), "'file' properties need"),
+])
+def test_bad_configs_are_refused_with_the_reason(mutate, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        modelarts.parse(_broken(mutate))
+    assert message in str(err.value)
+
+
+MNIST = ModelInfo("mnist", "", inputs={"images": ("BYTES", [-1, 1])},
+                  outputs={"mnist_result": ("INT64", [-1, 1])}, batched=True)
+
+
+def test_binding_matches_the_model():
+    check_binding(modelarts.parse(SHIPPED).routes[0], MNIST)
+
+
+@pytest.mark.parametrize("info,message", [
+    (ModelInfo("mnist", "", {"image": ("BYTES", [-1, 1])}, MNIST.outputs, True), "is not a model input"),
+    (ModelInfo("mnist", "", {"images": ("FP32", [-1, 1])}, MNIST.outputs, True), "needs a BYTES input"),
+    (ModelInfo("mnist", "", {**MNIST.inputs, "extra": ("FP32", [-1, 3])}, MNIST.outputs, True),
+     "have no request property"),
+    (ModelInfo("mnist", "", MNIST.inputs, {"digit": ("INT64", [-1, 1])}, True), "is not a model output"),
+])
+def test_binding_mismatch_is_refused_at_start(info, message):
+    with pytest.raises(ConfigError) as err:
+        check_binding(modelarts.parse(SHIPPED).routes[0], info)
+    assert message in str(err.value)
+
+
+def test_file_tensor_is_bytes_with_the_batch_dimension():
+    t = codecs.file_tensor("images", b"\x89PNG...", "BYTES", [-1, 1], True)
+    assert t.shape == (1, 1) and t.dtype == np.object_ and t[0, 0] == b"\x89PNG..."
+
+
+@pytest.mark.parametrize("value,datatype,shape,batched,expected", [
+    (3, "FP32", [-1, 1], True, np.array([[3.0]], np.float32)),
+    ([1, 2, 3], "INT64", [-1, 3], True, np.array([[1, 2, 3]], np.int64)),
+    ([[1.5, 2]], "FP64", [-1, 2], True, np.array([[1.5, 2.0]])),
+    ([[1, 2], [3, 4]], "FP32", [2, 2], False, np.array([[1, 2], [3, 4]], np.float32)),
+    ([1, 2, 3, 4, 5], "INT32", [-1, -1], True, np.array([[1, 2, 3, 4, 5]], np.int32)),
+    (True, "BOOL", [-1, 1], True, np.array([[True]])),
+    (2.0, "INT8", [-1, 1], True, np.array([[2]], np.int8)),
+])
+def test_json_numbers_become_typed_tensors(value, datatype, shape, batched, expected):
+    t = codecs.json_tensor("x", value, datatype, shape, batched)
+    assert t.dtype == expected.dtype and t.shape == expected.shape
+    np.testing.assert_array_equal(t, expected)
+
+
+def test_json_strings_become_bytes():
+    t = codecs.json_tensor("text", "héllo", "BYTES", [-1, 1], True)
+    assert t.shape == (1, 1) and t[0, 0] == "héllo".encode()
+    t = codecs.json_tensor("text", ["a", "b"], "BYTES", [-1, 2], True)
+    assert t.shape == (1, 2) and t.tolist() == [[b"a", b"b"]]
+
+
+@pytest.mark.parametrize("value,datatype,shape,message", [
+    ("seven", "FP32", [-1, 1], "must hold numbers (FP32)"),
+    ([1, "2"], "FP32", [-1, 2], "must hold numbers (FP32)"),
+    ([1, None], "FP32", [-1, 2], "must hold numbers (FP32)"),
+    (True, "FP32", [-1, 1], "not booleans"),
+    ([[1, 2], [3]], "FP32", [-1, 2], "regular (non-ragged) array"),
+    ([1, 2], "FP32", [-1, 3], "must have shape [3], got [1, 2]"),
+    (1.5, "INT64", [-1, 1], "must hold integers (INT64)"),
+    (300, "INT8", [-1, 1], "does not fit INT8"),
+    (7, "BYTES", [-1, 1], "must hold strings"),
+    ([["a"], "b"], "BYTES", [-1, 2], "regular array of strings"),
+])
+def test_json_values_that_do_not_fit_are_400(value, datatype, shape, message):
+    with pytest.raises(BadRequest) as err:
+        codecs.json_tensor("x", value, datatype, shape, True)
+    assert message in err.value.message
+
+
+@pytest.mark.parametrize("raw,message", [
+    (b"", "empty request body"),
+    (b"{not json", "malformed JSON body"),
+    (b"[1, 2]", "must be an object"),
+    (b"\xff\xfe", "malformed JSON body"),
+])
+def test_json_bodies_that_are_not_objects_are_400(raw, message):
+    with pytest.raises(BadRequest) as err:
+        codecs.parse_json_body(raw)
+    assert message in err.value.message
+
+
+def test_outputs_follow_the_response_schema():
+    assert codecs.output_value(np.array([[7]], np.int64), "integer", True) == 7
+    assert type(codecs.output_value(np.array([[7]], np.int64), "integer", True)) is int
+    assert codecs.output_value(np.array([[0.5, 0.25]], np.float32), "array", True) == [0.5, 0.25]
+    assert codecs.output_value(np.array([[0.5]], np.float32), "array", True) == [0.5]
+    assert codecs.output_value(np.array([[b"seven"]], np.object_), "string", True) == "seven"
+    assert codecs.output_value(np.array([b"a", b"b"], np.object_), "array", False) == ["a", "b"]
+    assert codecs.output_value(np.array([[1, 2], [3, 4]], np.int32), "array", False) == [[1, 2], [3, 4]]
