@@ -21,8 +21,9 @@ $(STAMP): $(REQUIREMENTS)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(addprefix -r ,$(REQUIREMENTS))
 	@# The wheel ships one python-backend stub per Python version; Triton looks for it beside the backend.
-	v=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
-	  cp "$(TRITON_HOME)/python_backend_stubs/$$v/triton_python_backend_stub" "$(TRITON_HOME)/backends/python/"
+	home=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pytriton/tritonserver; \
+	  v=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  cp "$$home/python_backend_stubs/$$v/triton_python_backend_stub" "$$home/backends/python/"
 	touch $@
 
 serve: install

@@ -1,0 +1,60 @@
+# The product image: Triton 2.51 on 127.0.0.1, the proxy on :8080, run.sh as the entry.
+# Build:  docker build -t triton-modelarts .      (or deploy/build_and_push.sh on an ECS host)
+ARG BASE_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
+FROM ${BASE_IMAGE}
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_BREAK_SYSTEM_PACKAGES=1 \
+    PYTHONUNBUFFERED=1
+
+# ModelArts batch services need python, a JRE and zip. Versions follow the base image's distribution.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-pip python3-venv default-jre-headless zip \
+ && rm -rf /var/lib/apt/lists/*
+
+# ModelArts runs the image as ma-user (uid 1000, gid 100). The NGC image's triton-server user holds uid 1000:
+# it is removed (nothing in the image needs it), and gid 100 is reused where it exists (Debian's "users").
+RUN if getent passwd 1000 >/dev/null && [ "$(getent passwd 1000 | cut -d: -f1)" != ma-user ]; then \
+        userdel -r "$(getent passwd 1000 | cut -d: -f1)" 2>/dev/null || userdel "$(getent passwd 1000 | cut -d: -f1)"; \
+    fi \
+ && (getent group 100 >/dev/null || groupadd -g 100 ma-group) \
+ && useradd -u 1000 -g 100 -m -d /home/ma-user -s /bin/bash ma-user \
+ && mkdir -p /obs-mount /home/mind/model \
+ && chown ma-user:100 /obs-mount /home/mind/model
+
+# Wheels dropped into wheels/ (offline or custom builds, e.g. a CPU torch) are preferred over the index.
+COPY wheels/ /tmp/wheels/
+
+# The models' Python is the image's python3 (Triton's python backend embeds the python3 first on PATH).
+COPY model_repository/requirements.txt /tmp/requirements-models.txt
+RUN python3 -m pip install --find-links /tmp/wheels -r /tmp/requirements-models.txt
+
+# The proxy gets its own virtual environment, so that its pins never meet the models'.
+COPY serving/requirements.txt /tmp/requirements-proxy.txt
+RUN python3 -m venv /opt/serving/venv \
+ && /opt/serving/venv/bin/pip install --find-links /tmp/wheels -r /tmp/requirements-proxy.txt \
+ && rm -rf /tmp/wheels /tmp/requirements-*.txt
+
+# Models before code: a change to the proxy does not rebuild the (possibly large) model layer.
+COPY --chown=ma-user:100 model_repository/ /opt/serving/model_repository/
+COPY --chown=ma-user:100 config.json /opt/serving/config.json
+COPY --chown=ma-user:100 serving/ /opt/serving/serving/
+COPY --chown=ma-user:100 run.sh /home/run.sh
+
+ENV APP_HOME=/opt/serving \
+    MODEL_REPOSITORY=/opt/serving/model_repository \
+    MODELARTS_CONFIG=/opt/serving/config.json \
+    TRITON_HOME=/opt/tritonserver \
+    MODEL_PYTHON=/usr/bin/python3 \
+    PROXY_PYTHON=/opt/serving/venv/bin/python \
+    DRAIN_FILE=/tmp/serving.draining \
+    HOME=/home/ma-user
+
+USER ma-user
+WORKDIR /home/ma-user
+EXPOSE 8080
+CMD ["sh", "/home/run.sh"]

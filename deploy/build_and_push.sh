@@ -1,0 +1,91 @@
+#!/bin/sh
+# Build the image on an ECS host with Docker, check it against ModelArts' size limit, tag it for SWR, push it,
+# and print the address to give ModelArts. For images over 35 GB, which ModelArts asks to build this way.
+#
+# Usage: deploy/build_and_push.sh --region REGION --org ORG [--name NAME] [--tag TAG]
+#            [--base-image IMAGE] [--context DIR] [--expected-gb N] [--no-push] [-- EXTRA DOCKER BUILD ARGS]
+# Environment: DOCKER (the docker command, default docker), SWR_USER and SWR_PASSWORD (optional: log in to
+# SWR first; else run `docker login` yourself), SIZE_LIMIT_GB (default 50, in GB of 10^9 bytes as docker shows).
+# Exit codes: 0 pushed (or built, with --no-push), 2 bad arguments, 3 not enough disk, 4 image over the limit,
+# 5 a docker command failed.
+set -eu
+
+usage() { sed -n '5,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+die() { code=$1; shift; echo "build_and_push: $*" >&2; exit "$code"; }
+run() { echo "+ $*"; "$@" || die 5 "failed: $*"; }
+
+DOCKER=${DOCKER:-docker}
+SIZE_LIMIT_GB=${SIZE_LIMIT_GB:-50}
+LARGE_GB=35
+region= org= name=triton-modelarts tag=$(date +%Y%m%d-%H%M%S) base= push=1 expected_gb=10
+context=$(cd "$(dirname "$0")/.." && pwd)
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --region) region=${2:-}; shift 2 || usage ;;
+        --org) org=${2:-}; shift 2 || usage ;;
+        --name) name=${2:-}; shift 2 || usage ;;
+        --tag) tag=${2:-}; shift 2 || usage ;;
+        --base-image) base=${2:-}; shift 2 || usage ;;
+        --context) context=${2:-}; shift 2 || usage ;;
+        --expected-gb) expected_gb=${2:-}; shift 2 || usage ;;
+        --no-push) push=; shift ;;
+        -h|--help) usage ;;
+        --) shift; break ;;
+        *) echo "build_and_push: unknown argument: $1" >&2; usage ;;
+    esac
+done
+
+[ -n "$region" ] && [ -n "$org" ] || { echo "build_and_push: --region and --org are required" >&2; usage; }
+echo "$region" | grep -Eq '^[a-z]{2}(-[a-z]+)+-[0-9]+$' || die 2 "--region '$region' does not look like cn-north-4"
+echo "$org" | grep -Eq '^[a-z0-9][a-z0-9._-]{0,63}$' || die 2 "--org '$org': lower-case letters, digits, . _ -"
+echo "$name" | grep -Eq '^[a-z0-9][a-z0-9._/-]{0,127}$' || die 2 "--name '$name': lower-case letters, digits, . _ - /"
+echo "$tag" | grep -Eq '^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$' || die 2 "--tag '$tag' is not a valid image tag"
+echo "$expected_gb" | grep -Eq '^[0-9]+$' || die 2 "--expected-gb must be a whole number of GB"
+[ -f "$context/Dockerfile" ] || die 2 "no Dockerfile in the build context $context"
+
+registry="swr.$region.myhuaweicloud.com"
+local_ref="$name:$tag"
+remote_ref="$registry/$org/$name:$tag"
+
+# 1. Disk: the build context is sent to the daemon, and the image's layers are written once while building and
+#    held once more while exporting, so ask for context + 2 x the expected image size where Docker keeps images.
+root_dir=$("$DOCKER" info --format '{{.DockerRootDir}}' 2>/dev/null || true)
+[ -n "$root_dir" ] && [ -d "$root_dir" ] || root_dir=$context
+context_kb=$(du -sk "$context" | cut -f1)
+need_kb=$(( context_kb + expected_gb * 2 * 1000000 ))
+free_kb=$(df -Pk "$root_dir" | awk 'NR == 2 { print $4 }')
+echo "disk: $(( free_kb / 1000000 )) GB free under $root_dir; context $(( context_kb / 1000 )) MB; need about $(( need_kb / 1000000 )) GB for an image of ~${expected_gb} GB"
+[ "$free_kb" -ge "$need_kb" ] || die 3 "not enough disk under $root_dir: $(( free_kb / 1000000 )) GB free, need $(( need_kb / 1000000 )) GB (grow the ECS data disk, or pass --expected-gb)"
+
+# 2. Build with BuildKit.
+set -- ${base:+--build-arg "BASE_IMAGE=$base"} "$@"
+started=$(date +%s)
+DOCKER_BUILDKIT=1 run "$DOCKER" build --tag "$local_ref" "$@" "$context"
+echo "built $local_ref in $(( $(date +%s) - started ))s"
+
+# 3. Size gate: ModelArts refuses images over 50 GB.
+size=$("$DOCKER" image inspect --format '{{.Size}}' "$local_ref") || die 5 "cannot inspect $local_ref"
+echo "$size" | grep -Eq '^[0-9]+$' || die 5 "unexpected image size '$size' for $local_ref"
+size_gb=$(awk -v b="$size" 'BEGIN { printf "%.2f", b / 1e9 }')
+echo "image size: $size_gb GB ($size bytes)"
+if awk -v b="$size" -v l="$SIZE_LIMIT_GB" 'BEGIN { exit !(b > l * 1e9) }'; then
+    die 4 "$local_ref is $size_gb GB, over ModelArts' ${SIZE_LIMIT_GB} GB limit: move weights to OBS (/obs-mount) or slim the image"
+fi
+if awk -v b="$size" -v l="$LARGE_GB" 'BEGIN { exit !(b > l * 1e9) }'; then
+    echo "note: over ${LARGE_GB} GB, so it must be built and pushed from ECS as here, not imported through the console"
+fi
+
+# 4. Tag for SWR, log in if credentials are given, push.
+run "$DOCKER" tag "$local_ref" "$remote_ref"
+if [ -z "$push" ]; then
+    echo "not pushed (--no-push): $remote_ref"
+    exit 0
+fi
+if [ -n "${SWR_USER:-}" ]; then
+    echo "+ $DOCKER login --username $SWR_USER --password-stdin $registry"
+    printf '%s' "${SWR_PASSWORD:?SWR_PASSWORD must be set with SWR_USER}" \
+        | "$DOCKER" login --username "$SWR_USER" --password-stdin "$registry" || die 5 "docker login to $registry failed"
+fi
+run "$DOCKER" push "$remote_ref"
+echo "image address for ModelArts: $remote_ref"
