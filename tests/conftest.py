@@ -56,9 +56,20 @@ class Stack:
 
     def pids(self, pattern):
         """PIDs in this stack's session whose command line contains `pattern`."""
-        out = subprocess.run(["ps", "-o", "pid=,sid=,args=", "-e"], capture_output=True, text=True).stdout
-        return [int(line.split()[0]) for line in out.splitlines()
-                if int(line.split()[1]) == self.proc.pid and pattern in line]
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    session = int(f.read().rsplit(")", 1)[1].split()[3])
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                continue
+            if session == self.proc.pid and pattern in cmdline:
+                found.append(int(entry))
+        return sorted(found)
 
     def terminate(self, timeout=120):
         if self.proc.poll() is None:
