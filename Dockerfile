@@ -54,6 +54,8 @@ ENV APP_HOME=/opt/serving \
     DRAIN_FILE=/tmp/serving.draining \
     HOME=/home/ma-user
 
+# ModelArts expects the user by name; its uid (1000) and gid (100) are fixed above.
+# hadolint ignore=DL3066
 USER ma-user
 WORKDIR /home/ma-user
 EXPOSE 8080

@@ -12,7 +12,7 @@ REQUIREMENTS := serving/requirements.txt model_repository/requirements.txt tests
 TRITON_HOME = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pytriton/tritonserver
 STACK_ENV = TRITON_HOME=$(TRITON_HOME) MODEL_PYTHON=$(abspath $(PY)) PROXY_PYTHON=$(abspath $(PY))
 
-.PHONY: install serve test train bench clean
+.PHONY: install container-tools serve test train bench clean
 
 install: $(STAMP)
 
@@ -26,14 +26,19 @@ $(STAMP): $(REQUIREMENTS)
 	  cp "$$home/python_backend_stubs/$$v/triton_python_backend_stub" "$$home/backends/python/"
 	touch $@
 
+# The container tests build and run the image with podman (no Docker engine on these machines).
+container-tools:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null; }
+
 serve: install
 	$(STACK_ENV) sh run.sh
 
-test: install
+test: install container-tools
 	$(STACK_ENV) $(PY) -m pytest -v $(or $(PYTEST_ARGS),tests)
 
 train: install
 	$(PY) model_repository/mnist/train.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) build

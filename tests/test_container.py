@@ -1,0 +1,133 @@
+"""The image, built and run as ModelArts runs it, with podman (no Docker engine here).
+
+The base is tests/container's stand-in for the NGC Triton image; the product Dockerfile is built on it through
+deploy/build_and_push.sh, the ECS script, then started without overriding its command or user.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from conftest import ROOT, body, free_port
+
+W = os.path.join(ROOT, "build", "podman")
+IMAGE = "localhost/triton-modelarts:test"
+REMOTE = "swr.cn-north-4.myhuaweicloud.com/modelarts-test/triton-modelarts:test"
+GRACE = 5
+
+
+def pm(*args, check=True, timeout=600):
+    env = dict(os.environ, CONTAINERS_CONF=os.path.join(W, "containers.conf"))
+    proc = subprocess.run(["podman", "--root", os.path.join(W, "storage"), "--runroot", os.path.join(W, "run"),
+                           *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"podman {' '.join(args)} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def image():
+    for tool in ("podman", "runc", "debootstrap"):
+        assert shutil.which(tool), f"{tool} is missing: `make test` installs it (apt-get install podman runc debootstrap)"
+    subprocess.run(["sh", os.path.join(ROOT, "tests", "container", "make_base.sh"), W, sys.executable],
+                   check=True, timeout=900)
+    # The models' torch: a CPU wheel where pip has one at hand (the image is for GPUs, the test host has none).
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
+                    "-d", os.path.join(ROOT, "wheels"), "torch==2.13.0"], check=True, timeout=900)
+    started = time.monotonic()
+    build = subprocess.run(
+        ["sh", os.path.join(ROOT, "deploy", "build_and_push.sh"), "--region", "cn-north-4", "--org", "modelarts-test",
+         "--name", "triton-modelarts", "--tag", "test", "--base-image", "localhost/triton-base:24.10",
+         "--expected-gb", "3", "--no-push", "--", "--format", "docker", "--network", "host"],
+        capture_output=True, text=True, timeout=1800, env=dict(os.environ, DOCKER=os.path.join(W, "docker")))
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    print(f"\nimage built in {time.monotonic() - started:.0f}s; "
+          + [line for line in build.stdout.splitlines() if line.startswith("image size:")][0])
+    assert f"not pushed (--no-push): {REMOTE}" in build.stdout
+    assert pm("image", "exists", REMOTE, check=False).returncode == 0
+    return IMAGE
+
+
+@pytest.fixture(scope="module")
+def container(image):
+    port = free_port()
+    name = f"triton-modelarts-test-{port}"
+    # As ModelArts starts it: the image's own CMD and USER. Only ports (host network here) and the grace period.
+    pm("run", "-d", "--name", name, "--network", "host", "-e", f"PORT={port}",
+       "-e", f"TRITON_HTTP_PORT={free_port()}", "-e", f"TRITON_GRPC_PORT={free_port()}",
+       "-e", f"TRITON_METRICS_PORT={free_port()}", "-e", f"GRACE_PERIOD={GRACE}", image)
+    url = f"http://127.0.0.1:{port}"
+    started, deadline = time.monotonic(), time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        assert pm("inspect", "--format", "{{.State.Running}}", name).stdout.strip() == "true", \
+            pm("logs", name, check=False).stdout[-4000:]
+        time.sleep(0.5)
+    else:
+        raise AssertionError("container not healthy:\n" + pm("logs", name, check=False).stdout[-4000:])
+    print(f"\ncontainer healthy {time.monotonic() - started:.1f}s after start")
+    yield name, url
+    pm("rm", "-f", name, check=False)
+
+
+def test_dockerfiles_lint_clean():
+    hadolint = os.path.join(os.path.dirname(sys.executable), "hadolint")
+    proc = subprocess.run([hadolint, "--failure-threshold", "info", "Dockerfile", "tests/container/Dockerfile.base"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "")
+
+
+def test_image_config_is_the_modelarts_contract(image):
+    fmt = "{{.Config.User}}|{{json .Config.Cmd}}|{{json .Config.ExposedPorts}}"
+    user, cmd, ports = pm("image", "inspect", "--format", fmt, image).stdout.strip().split("|")
+    assert user == "ma-user"
+    assert cmd == '["sh","/home/run.sh"]'
+    assert "8080/tcp" in ports
+
+
+def test_serves_digits_and_health_like_modelarts_expects(container, held_out):
+    from conftest import encode
+    _, url = container
+    resp = requests.get(url + "/health", timeout=5)
+    assert (resp.status_code, body(resp)) == (200, {"health": "true"})
+    with open(os.path.join(ROOT, "tests", "data", "seven.jpg"), "rb") as f:
+        resp = requests.post(url + "/", files={"images": ("seven.jpg", f.read())}, timeout=30)
+    assert (resp.status_code, body(resp)) == (200, {"mnist_result": 7})
+    x, y = held_out
+    resp = requests.post(url + "/", files={"images": ("d.png", encode(x[450]))}, timeout=30)
+    assert (resp.status_code, body(resp)) == (200, {"mnist_result": int(y[450])})
+
+
+def test_runs_as_ma_user_with_the_batch_tools(container):
+    name, _ = container
+    script = ('for p in /proc/[0-9]*; do awk \'/^Uid:/{print $2}\' "$p/status" 2>/dev/null; done | sort -u; '
+              'id -un; id -g; touch /obs-mount/probe && echo obs-mount-writable; '
+              'command -v python3 java zip >/dev/null && echo tools-present; '
+              '/usr/bin/python3 -c "import numpy; print(numpy.__version__)"')
+    out = pm("exec", name, "sh", "-c", script).stdout.split()
+    assert out == ["1000", "ma-user", "100", "obs-mount-writable", "tools-present", "1.26.4"]
+
+
+def test_stop_drains_then_stops_gunicorn_then_triton(container):
+    name, url = container
+    started = time.monotonic()
+    pm("stop", "-t", str(GRACE + 90 + 30), name, timeout=300)
+    stopped_in = time.monotonic() - started
+    assert pm("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() == "0"
+    log = pm("logs", name).stdout + pm("logs", name).stderr
+    marks = ["stop requested: /health now answers 503", "grace period over", "Shutting down: Master",
+             "gunicorn stopped (exit 0)", "stopping Triton", "Signal (15) received", "Triton stopped (exit 0)",
+             "shutdown complete"]
+    positions = [log.find(m) for m in marks]
+    assert all(p >= 0 for p in positions), dict(zip(marks, positions))
+    assert positions == sorted(positions), dict(zip(marks, positions))
+    print(f"\npodman stop took {stopped_in:.1f}s with a {GRACE}s grace period")
+    assert GRACE <= stopped_in < GRACE + 30
