@@ -40,5 +40,8 @@ test: install container-tools
 train: install
 	$(PY) model_repository/mnist/train.py
 
+bench: install
+	$(STACK_ENV) $(PY) benchmarks/proxy_vs_direct.py
+
 clean:
 	rm -rf $(VENV) build

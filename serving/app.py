@@ -71,7 +71,8 @@ def decode(route, info):
                     value = raw if datatype == "BYTES" else json.loads(raw)
                 except ValueError:
                     raise BadRequest(f"form field {f.name!r} must hold {datatype} values") from None
-                tensors[f.name] = codecs.json_tensor(f.name, value, datatype, shape, info.batched)
+                tensors[f.name] = codecs.json_tensor(f.name, value, datatype, shape, info.batched,
+                                                     b64=f.encoding == "base64")
     else:
         doc = codecs.parse_json_body(request.get_data(cache=False))
         for f in route.inputs:
@@ -80,7 +81,8 @@ def decode(route, info):
                     raise BadRequest(f"missing field {f.name!r}")
                 continue
             datatype, shape = info.inputs[f.name]
-            tensors[f.name] = codecs.json_tensor(f.name, doc[f.name], datatype, shape, info.batched)
+            tensors[f.name] = codecs.json_tensor(f.name, doc[f.name], datatype, shape, info.batched,
+                                                 b64=f.encoding == "base64")
     return tensors
 
 

@@ -1,9 +1,12 @@
 """HTTP bodies <-> tensors. Pure functions: no Flask, no gRPC.
 
-Requests:  multipart file -> BYTES [1];  JSON string -> BYTES;  JSON numbers/arrays -> the input's dtype and shape.
+Requests:  multipart file -> BYTES [1];  JSON string -> BYTES (base64-decoded where the schema says
+           "contentEncoding": "base64");  JSON numbers/arrays -> the input's dtype and shape.
 Responses: one element -> a JSON scalar, several -> a list (or a list always, where the schema says "array");
            BYTES -> str.
 """
+import base64
+import binascii
 import json
 
 import numpy as np
@@ -32,22 +35,30 @@ def file_tensor(name, data, datatype, shape, batched):
     return np.array([data], dtype=np.object_).reshape(request_shape(shape, batched))
 
 
-def _to_bytes(name, value):
-    if isinstance(value, str):
+def _to_bytes(name, value, b64):
+    if not isinstance(value, str):
+        raise BadRequest(f"field {name!r} must hold strings, got {type(value).__name__}")
+    if not b64:
         return value.encode("utf-8")
-    raise BadRequest(f"field {name!r} must hold strings, got {type(value).__name__}")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"field {name!r} is not valid base64") from None
+    if not data:
+        raise BadRequest(f"field {name!r} is empty")
+    return data
 
 
-def json_tensor(name, value, datatype, shape, batched):
+def json_tensor(name, value, datatype, shape, batched, b64=False):
     """A JSON value -> a tensor of the input's datatype and shape, or BadRequest saying what is wrong."""
     if datatype == "BYTES":
         if isinstance(value, list):
             flat = np.array(value, dtype=np.object_)
             if flat.dtype != np.object_ or any(isinstance(v, list) for v in flat.reshape(-1)):
                 raise BadRequest(f"field {name!r} must be a regular array of strings")
-            arr = np.vectorize(lambda v: _to_bytes(name, v), otypes=[np.object_])(flat) if flat.size else flat
+            arr = np.vectorize(lambda v: _to_bytes(name, v, b64), otypes=[np.object_])(flat) if flat.size else flat
         else:
-            arr = np.array([_to_bytes(name, value)], dtype=np.object_)
+            arr = np.array([_to_bytes(name, value, b64)], dtype=np.object_)
     else:
         if isinstance(value, str) or _has(value, lambda v: isinstance(v, (str, dict)) or v is None):
             raise BadRequest(f"field {name!r} must hold numbers ({datatype})")

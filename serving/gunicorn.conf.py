@@ -17,6 +17,7 @@ accesslog = "-" if _settings.access_log else None
 access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms'
 errorlog = "-"
 capture_output = True
+control_socket_disable = True                  # nothing here uses gunicornc; no socket under $HOME
 
 # Every log line goes to stdout, as ModelArts collects it.
 logconfig_dict = {

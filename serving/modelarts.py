@@ -21,6 +21,7 @@ class Field:
     name: str
     type: str          # the JSON-schema type: file, string, integer, number, boolean, array, object
     required: bool
+    encoding: str = "" # "base64": a JSON string carrying binary data (an image in a JSON body), sent decoded
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,11 @@ def _properties(block, where):
     for name, schema in data["properties"].items():
         if not isinstance(schema, dict) or not isinstance(schema.get("type"), str):
             raise ConfigError(f"{where}: property {name!r} needs a string 'type'")
+        encoding = schema.get("contentEncoding", "")
+        if encoding not in ("", "base64"):
+            raise ConfigError(f"{where}: property {name!r}: contentEncoding {encoding!r} is not supported (base64 is)")
         # Without a `required` list every property is required, as every non-optional Triton input is.
-        props.append(Field(name, schema["type"], required is None or name in required))
+        props.append(Field(name, schema["type"], required is None or name in required, encoding))
     return tuple(props)
 
 

@@ -84,8 +84,7 @@ def translate(exc, timeout):
         return Unavailable("inference server is not reachable")
     if kind is not None:
         return kind(exc.message())
-    err = ServingError(f"inference failed: {exc.message()}")
-    return err
+    return ServingError(f"inference failed: {exc.message()}")
 
 
 def infer(c, info, tensors, output_names, timeout):
