@@ -95,12 +95,19 @@ PATH="$model_bin:$PATH" "$TRITON_HOME/bin/tritonserver" \
 triton_pid=$!
 
 started=$(date +%s)
-until "$PROXY_PYTHON" -m serving.triton >/dev/null 2>&1; do
+while :; do
+    rc=0
+    why=$("$PROXY_PYTHON" -m serving.triton 2>&1) || rc=$?
+    [ "$rc" -ne 0 ] || break
+    if [ "$rc" -eq 2 ]; then
+        log "$why"
+        stop Triton "$triton_pid"
+        exit 1
+    fi
     [ -z "$stopping" ] || shutdown
     check_children
     if [ $(( $(date +%s) - started )) -ge "$STARTUP_TIMEOUT" ]; then
-        log "Triton not ready after ${STARTUP_TIMEOUT}s; stopping"
-        "$PROXY_PYTHON" -m serving.triton || true
+        log "Triton not ready after ${STARTUP_TIMEOUT}s ($why); stopping"
         stop Triton "$triton_pid"
         exit 1
     fi

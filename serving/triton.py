@@ -136,11 +136,16 @@ class Readiness:
 
 
 def main():
-    """Exit 0 when ready, 1 otherwise; the reason goes to stdout."""
+    """Exit 0 when ready, 1 when not yet, 2 when config.json is unusable (waiting will not help)."""
     from . import modelarts
+    from .errors import ConfigError
     from .settings import Settings
     settings = Settings.from_env()
-    routes = modelarts.load(settings.modelarts_config).routes
+    try:
+        routes = modelarts.load(settings.modelarts_config).routes
+    except ConfigError as exc:
+        print(f"config.json: {exc}")
+        return 2
     models = sorted({(r.model, r.version) for r in routes})
     reason = Readiness(connect(settings.triton_grpc_url), models, settings.health_timeout_s, 0).probe()
     if reason:

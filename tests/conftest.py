@@ -42,6 +42,7 @@ class Stack:
         deadline = time.monotonic() + STARTUP_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.kill()
                 raise RuntimeError(f"run.sh exited {self.proc.returncode}:\n{self.log()[-4000:]}")
             try:
                 if requests.get(self.url + "/health", timeout=2).status_code == 200:
@@ -49,6 +50,7 @@ class Stack:
             except requests.ConnectionError:
                 pass
             time.sleep(0.3)
+        self.kill()
         raise RuntimeError(f"stack not healthy after {STARTUP_S}s:\n{self.log()[-4000:]}")
 
     def log(self):
