@@ -40,7 +40,11 @@ test: install container-tools
 train: install
 	$(PY) model_repository/mnist/train.py
 
+# wrk drives the proxy; perf_analyzer (tritonclient 2.51 wheel) drives Triton and needs libb64 and libcudart.
 bench: install
+	@command -v wrk >/dev/null && [ -e /usr/lib/x86_64-linux-gnu/libb64.so.0d ] || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk libb64-0d >/dev/null; }
+	$(PY) -m pip install --quiet -r benchmarks/requirements.txt
 	$(STACK_ENV) $(PY) benchmarks/proxy_vs_direct.py
 
 clean:
