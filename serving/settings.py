@@ -5,20 +5,20 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _int(name, default):
+def _number(name, default, kind=int):
     raw = os.environ.get(name, "")
     try:
-        return int(raw) if raw.strip() else default
+        return kind(raw) if raw.strip() else default
     except ValueError:
-        raise SystemExit(f"settings: {name}={raw!r} is not an integer") from None
+        raise SystemExit(f"settings: {name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
+
+
+def _int(name, default):
+    return _number(name, default, int)
 
 
 def _float(name, default):
-    raw = os.environ.get(name, "")
-    try:
-        return float(raw) if raw.strip() else default
-    except ValueError:
-        raise SystemExit(f"settings: {name}={raw!r} is not a number") from None
+    return _number(name, default, float)
 
 
 def _bool(name, default):
