@@ -17,6 +17,7 @@ TRITON_GRPC_PORT=${TRITON_GRPC_PORT:-8001}
 TRITON_METRICS_PORT=${TRITON_METRICS_PORT:-8002}
 TRITON_ARGS=${TRITON_ARGS:-}
 GRACE_PERIOD=${GRACE_PERIOD:-60}
+GRACEFUL_TIMEOUT=${GRACEFUL_TIMEOUT:-85}   # gunicorn's drain of in-flight requests (serving/gunicorn.conf.py)
 STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-600}
 DRAIN_FILE=${DRAIN_FILE:-/tmp/serving.draining}
 export MODELARTS_CONFIG TRITON_GRPC_PORT DRAIN_FILE
@@ -26,6 +27,10 @@ log() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) run.sh: $*"; }
 
 triton_pid=
 gunicorn_pid=
+# Past these, a child that was asked to stop is killed: gunicorn's own drain plus a margin, and Triton's
+# --exit-timeout-secs plus a margin.
+gunicorn_limit=$(( GRACEFUL_TIMEOUT + 15 ))
+triton_limit=45
 nap_pid=
 stopping=
 trap 'stopping=1' TERM INT
@@ -35,15 +40,23 @@ nap() { sleep "$1" & nap_pid=$!; wait "$nap_pid" || true; }
 
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 
-# stop NAME PID: send SIGTERM and wait until PID is gone (a second signal must not cut the wait short).
+# stop NAME PID LIMIT: SIGTERM, then up to LIMIT s for PID to exit (a second signal does not cut this short),
+# then SIGKILL. PID is gone when this returns.
 stop() {
-    if alive "$2"; then
-        kill -TERM "$2" 2>/dev/null || true
-        rc=0
-        wait "$2" || rc=$?
-        while alive "$2"; do rc=0; wait "$2" || rc=$?; done
-        log "$1 stopped (exit $rc)"
-    fi
+    alive "$2" || return 0
+    kill -TERM "$2" 2>/dev/null || true
+    ticks=0
+    while alive "$2"; do
+        if [ "$ticks" -ge $(( $3 * 5 )) ]; then
+            log "$1 still running after $3s; killing it"
+            kill -KILL "$2" 2>/dev/null || true
+        fi
+        nap 0.2
+        ticks=$(( ticks + 1 ))
+    done
+    rc=0
+    wait "$2" || rc=$?
+    log "$1 stopped (exit $rc)"
 }
 
 # died NAME PID: PID has exited on its own; stop everything else and fail.
@@ -51,8 +64,8 @@ died() {
     rc=0
     wait "$2" || rc=$?
     log "$1 exited on its own (exit $rc); stopping"
-    stop gunicorn "$gunicorn_pid"
-    stop Triton "$triton_pid"
+    stop gunicorn "$gunicorn_pid" "$gunicorn_limit"
+    stop Triton "$triton_pid" "$triton_limit"
     exit 1
 }
 
@@ -70,9 +83,9 @@ shutdown() {
         nap 1
     done
     log "grace period over: stopping gunicorn (in-flight requests finish first)"
-    stop gunicorn "$gunicorn_pid"
+    stop gunicorn "$gunicorn_pid" "$gunicorn_limit"
     log "stopping Triton"
-    stop Triton "$triton_pid"
+    stop Triton "$triton_pid" "$triton_limit"
     rm -f "$DRAIN_FILE"
     [ -z "$nap_pid" ] || kill "$nap_pid" 2>/dev/null || true
     log "shutdown complete"
@@ -101,14 +114,14 @@ while :; do
     [ "$rc" -ne 0 ] || break
     if [ "$rc" -eq 2 ]; then
         log "$why"
-        stop Triton "$triton_pid"
+        stop Triton "$triton_pid" "$triton_limit"
         exit 1
     fi
     [ -z "$stopping" ] || shutdown
     check_children
     if [ $(( $(date +%s) - started )) -ge "$STARTUP_TIMEOUT" ]; then
         log "Triton not ready after ${STARTUP_TIMEOUT}s ($why); stopping"
-        stop Triton "$triton_pid"
+        stop Triton "$triton_pid" "$triton_limit"
         exit 1
     fi
     nap 0.5

@@ -121,3 +121,19 @@ def test_stalled_triton_gives_503_health_and_504_predict_then_recovers(new_stack
     resp = requests.post(stack.url + "/", files={"images": ("d.png", encode(x[0]))}, timeout=10)
     assert (resp.status_code, body(resp)) == (200, {"mnist_result": int(y[0])})
     assert stack.terminate() == 0
+
+
+def test_a_hung_gunicorn_is_killed_after_its_limit_and_triton_still_stops(new_stack):
+    stack = new_stack(GRACE_PERIOD="1", GRACEFUL_TIMEOUT="2")   # run.sh's limit for gunicorn: 2 + 15 s
+    master = stack.pids("gunicorn")[0]
+    os.kill(master, signal.SIGSTOP)                            # it can no longer act on SIGTERM
+    started = time.monotonic()
+    stack.proc.send_signal(signal.SIGTERM)
+    assert stack.proc.wait(60) == 0
+    assert 17 <= time.monotonic() - started < 40
+    log = stack.log()
+    marks = ["gunicorn still running after 17s; killing it", "gunicorn stopped (exit 137)", "stopping Triton",
+             "Triton stopped (exit 0)", "shutdown complete"]
+    positions = [log.find(m) for m in marks]
+    assert all(p >= 0 for p in positions) and positions == sorted(positions), dict(zip(marks, positions))
+    wait_for(lambda: not stack.pids(""), 10, "no processes left")
