@@ -11,7 +11,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from . import codecs, modelarts, triton
-from .errors import BadRequest, ConfigError, PayloadTooLarge, ServingError, UnsupportedMediaType
+from .errors import BadRequest, ConfigError, ServingError, UnsupportedMediaType
 from .settings import Settings
 
 log = logging.getLogger("serving.app")
@@ -60,7 +60,7 @@ def decode(route, info):
                     if f.name in form:
                         raise BadRequest(f"field {f.name!r} must be a file upload, not a text field")
                     raise BadRequest(f"missing file field {f.name!r}{hint}")
-                tensors[f.name] = codecs.file_tensor(f.name, upload.read(), datatype, shape, info.batched)
+                tensors[f.name] = codecs.file_tensor(f.name, upload.read(), shape, info.batched)
             else:
                 if f.name not in form:
                     if f.required:
@@ -99,6 +99,7 @@ def create_app(settings=None):
     readiness = triton.Readiness(client, infos, settings.health_timeout_s, settings.health_cache_s)
 
     app = Flask("serving")
+    # Werkzeug refuses a larger body (413, via http_error below) before reading it.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     limit_mb = settings.max_body_bytes / (1024 * 1024)
 
@@ -114,14 +115,13 @@ def create_app(settings=None):
     def predict_view(route, info):
         names = [f.name for f in route.outputs]
         types = {f.name: f.type for f in route.outputs}
+        requested = triton.requested_outputs(names)   # built once per route, reused by every request
 
         def predict():
-            if request.content_length is not None and request.content_length > settings.max_body_bytes:
-                raise PayloadTooLarge(f"request body over {limit_mb:g} MB")
             tensors = decode(route, info)
             if not tensors:
                 raise BadRequest("the request carries none of the fields " + ", ".join(f.name for f in route.inputs))
-            outputs = triton.infer(client, info, tensors, names, settings.request_timeout_s)
+            outputs = triton.infer(client, info, tensors, requested, settings.request_timeout_s)
             return _json({n: codecs.output_value(outputs[n], types[n], info.batched) for n in names})
 
         return predict

@@ -26,10 +26,8 @@ def request_shape(shape, batched):
     return [1 if d < 0 else d for d in shape] if batched else list(shape)
 
 
-def file_tensor(name, data, datatype, shape, batched):
-    """One uploaded file -> a BYTES tensor holding its raw bytes."""
-    if datatype != "BYTES":
-        raise BadRequest(f"field {name!r} does not take a file")
+def file_tensor(name, data, shape, batched):
+    """One uploaded file -> a BYTES tensor holding its raw bytes (check_binding made sure the input is BYTES)."""
     if not data:
         raise BadRequest(f"file field {name!r} is empty")
     return np.array([data], dtype=np.object_).reshape(request_shape(shape, batched))

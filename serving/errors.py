@@ -21,10 +21,6 @@ class MethodNotAllowed(ServingError):
     status = 405
 
 
-class PayloadTooLarge(ServingError):
-    status = 413
-
-
 class UnsupportedMediaType(ServingError):
     status = 415
 

@@ -87,19 +87,23 @@ def translate(exc, timeout):
     return ServingError(f"inference failed: {exc.message()}")
 
 
-def infer(c, info, tensors, output_names, timeout):
-    """One gRPC call. `tensors` maps input name -> numpy array; returns output name -> numpy array."""
+def requested_outputs(names):
+    return [grpcclient.InferRequestedOutput(n) for n in names]
+
+
+def infer(c, info, tensors, outputs, timeout):
+    """One gRPC call. `tensors` maps input name -> numpy array, `outputs` comes from requested_outputs();
+    returns output name -> numpy array."""
     inputs = []
     for name, arr in tensors.items():
         item = grpcclient.InferInput(name, list(arr.shape), info.inputs[name][0])
         item.set_data_from_numpy(arr)
         inputs.append(item)
-    outputs = [grpcclient.InferRequestedOutput(n) for n in output_names]
     try:
         result = c.infer(info.name, inputs, model_version=info.version, outputs=outputs, client_timeout=timeout)
     except InferenceServerException as exc:
         raise translate(exc, timeout) from None
-    return {n: result.as_numpy(n) for n in output_names}
+    return {o.name(): result.as_numpy(o.name()) for o in outputs}
 
 
 class Readiness:

@@ -96,7 +96,7 @@ def test_binding_mismatch_is_refused_at_start(info, message):
 
 
 def test_file_tensor_is_bytes_with_the_batch_dimension():
-    t = codecs.file_tensor("images", b"\x89PNG...", "BYTES", [-1, 1], True)
+    t = codecs.file_tensor("images", b"\x89PNG...", [-1, 1], True)
     assert t.shape == (1, 1) and t.dtype == np.object_ and t[0, 0] == b"\x89PNG..."
 
 
