@@ -12,7 +12,7 @@ REQUIREMENTS := serving/requirements.txt model_repository/requirements.txt tests
 TRITON_HOME = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pytriton/tritonserver
 STACK_ENV = TRITON_HOME=$(TRITON_HOME) MODEL_PYTHON=$(abspath $(PY)) PROXY_PYTHON=$(abspath $(PY))
 
-.PHONY: install container-tools serve test train bench clean
+.PHONY: install container-tools bench-tools serve test train bench clean
 
 install: $(STAMP)
 
@@ -34,18 +34,20 @@ container-tools:
 serve: install
 	$(STACK_ENV) sh run.sh
 
-test: install container-tools
+test: install container-tools bench-tools
 	$(STACK_ENV) $(PY) -m pytest -v $(or $(PYTEST_ARGS),tests)
 
 train: install
 	$(PY) model_repository/mnist/train.py
 
-# wrk drives the proxy; perf_analyzer (tritonclient 2.51 wheel) drives Triton and needs libb64 and libcudart.
-bench: install
+# The benchmark's tools: wrk (both sides), libb64 and the CUDA runtime for perf_analyzer (tritonclient 2.51 wheel).
+bench-tools: install
 	@command -v wrk >/dev/null && [ -e /usr/lib/x86_64-linux-gnu/libb64.so.0d ] || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk libb64-0d >/dev/null; }
 	$(PY) -m pip install --quiet -r benchmarks/requirements.txt
-	$(STACK_ENV) $(PY) benchmarks/proxy_vs_direct.py
+
+bench: bench-tools
+	$(STACK_ENV) $(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build

@@ -115,13 +115,13 @@ def create_app(settings=None):
     def predict_view(route, info):
         names = [f.name for f in route.outputs]
         types = {f.name: f.type for f in route.outputs}
-        requested = triton.requested_outputs(names)   # built once per route, reused by every request
+        call = triton.InferCall(client, info, names, settings.request_timeout_s)   # prebuilt once per route
 
         def predict():
             tensors = decode(route, info)
             if not tensors:
                 raise BadRequest("the request carries none of the fields " + ", ".join(f.name for f in route.inputs))
-            outputs = triton.infer(client, info, tensors, requested, settings.request_timeout_s)
+            outputs = call(tensors)
             return _json({n: codecs.output_value(outputs[n], types[n], info.batched) for n in names})
 
         return predict

@@ -1,13 +1,15 @@
 """HTTP bodies <-> tensors. Pure functions: no Flask, no gRPC.
 
 Requests:  multipart file -> BYTES [1];  JSON string -> BYTES (base64-decoded where the schema says
-           "contentEncoding": "base64");  JSON numbers/arrays -> the input's dtype and shape.
+           "contentEncoding": "base64");  JSON numbers/arrays -> the input's dtype and shape;  a base64 JSON
+           string on a numeric input -> its raw little-endian values (a whole tensor without JSON numbers).
 Responses: one element -> a JSON scalar, several -> a list (or a list always, where the schema says "array");
            BYTES -> str.
 """
 import base64
 import binascii
 import json
+import struct
 
 import numpy as np
 
@@ -49,6 +51,8 @@ def _to_bytes(name, value, b64):
 
 def json_tensor(name, value, datatype, shape, batched, b64=False):
     """A JSON value -> a tensor of the input's datatype and shape, or BadRequest saying what is wrong."""
+    if b64 and datatype != "BYTES":
+        return _fit(name, _binary_tensor(name, _to_bytes(name, value, True), datatype, shape, batched), shape, batched)
     if datatype == "BYTES":
         if isinstance(value, list):
             flat = np.array(value, dtype=np.object_)
@@ -80,6 +84,19 @@ def json_tensor(name, value, datatype, shape, batched, b64=False):
         except (OverflowError, ValueError, TypeError):
             raise BadRequest(f"field {name!r} does not fit {datatype}") from None
     return _fit(name, arr, shape, batched)
+
+
+def _binary_tensor(name, data, datatype, shape, batched):
+    """Raw little-endian values (a base64 JSON string) -> one item of a numeric input, whose shape must be fixed."""
+    item = list(shape[1:] if batched else shape)
+    dtype = np.dtype(DTYPES[datatype]).newbyteorder("<")
+    if any(d < 0 for d in item):
+        raise BadRequest(f"field {name!r}: binary data needs a fixed shape, the model's is {item}")
+    expect = int(np.prod(item)) * dtype.itemsize
+    if len(data) != expect:
+        raise BadRequest(f"field {name!r} must hold {expect} bytes ({datatype} {item}, little-endian), "
+                         f"got {len(data)}")
+    return np.frombuffer(data, dtype=dtype).reshape(item)
 
 
 def _has(value, pred):
@@ -125,3 +142,26 @@ def output_value(arr, schema_type, batched):
     if arr.size == 1:
         return arr.reshape(-1).tolist()[0]
     return arr.tolist()
+
+
+def to_raw(arr, datatype):
+    """A tensor -> the bytes of gRPC's raw_input_contents: little-endian values, or for BYTES each element as
+    a 4-byte little-endian length followed by its bytes (the KServe v2 binary layout)."""
+    if datatype == "BYTES":
+        items = arr.reshape(-1).tolist()
+        if len(items) == 1:
+            return struct.pack("<I", len(items[0])) + items[0]
+        return b"".join(struct.pack("<I", len(b)) + b for b in items)
+    return arr.astype(DTYPES[datatype], copy=False).tobytes()
+
+
+def from_raw(raw, datatype, shape):
+    """raw_output_contents -> a numpy array of the output's datatype and shape (BYTES elements as bytes)."""
+    if datatype != "BYTES":
+        return np.frombuffer(raw, dtype=DTYPES[datatype]).reshape(shape)
+    items, at = [], 0
+    while at < len(raw):
+        (n,) = struct.unpack_from("<I", raw, at)
+        items.append(raw[at + 4:at + 4 + n])
+        at += 4 + n
+    return np.array(items, dtype=np.object_).reshape(shape)

@@ -1,6 +1,7 @@
 """gunicorn settings for the proxy: config as code. Values come from serving.settings (the environment)."""
 import sys
 
+from serving import logs
 from serving.settings import Settings
 
 _settings = Settings.from_env()
@@ -13,24 +14,12 @@ keepalive = 200
 graceful_timeout = _settings.graceful_timeout_s  # in-flight requests get this long to finish on stop
 timeout = 120                                  # a worker silent this long is restarted
 limit_request_line = 8190
-accesslog = "-" if _settings.access_log else None
-access_log_format = '%(h)s "%(r)s" %(s)s %(B)s %(M)sms'
+accesslog = "-" if _settings.access_log else None   # the line itself: serving/logs.py
+logger_class = "serving.logs.Logger"
 errorlog = "-"
 capture_output = True
 control_socket_disable = True                  # nothing here uses gunicornc; no socket under $HOME
-
-# Every log line goes to stdout, as ModelArts collects it.
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"}},
-    "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "plain"}},
-    "root": {"level": "INFO", "handlers": ["stdout"]},
-    "loggers": {
-        "gunicorn.error": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
-        "gunicorn.access": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
-    },
-}
+logconfig_dict = logs.logconfig()              # every log line goes to stdout, as ModelArts collects it
 
 
 def post_fork(server, worker):

@@ -21,6 +21,25 @@ def _float(name, default):
     return _number(name, default, float)
 
 
+def available_cpus():
+    """CPUs this container may use: its CPU affinity, capped by a cgroup CPU quota (a ModelArts flavour's
+    cores), which os.cpu_count() does not see."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:                       # cgroup v2: "<quota> <period>" or "max ..."
+            quota, period = f.read().split()[:2]
+            quota, period = (-1 if quota == "max" else int(quota)), int(period)
+    except (OSError, ValueError):
+        try:                                                           # cgroup v1
+            with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as g:
+                quota, period = int(f.read()), int(g.read())
+        except (OSError, ValueError):
+            quota, period = -1, 1
+    if quota > 0 and period > 0:
+        cpus = min(cpus, max(1, -(-quota // period)))
+    return max(1, cpus)
+
+
 def _bool(name, default):
     raw = os.environ.get(name, "").strip().lower()
     return default if not raw else raw in ("1", "true", "yes", "on")
@@ -51,7 +70,7 @@ class Settings:
             max_body_bytes=_int("MAX_BODY_MB", 16) * 1024 * 1024,
             drain_file=os.environ.get("DRAIN_FILE") or "/tmp/serving.draining",
             listen_port=_int("PORT", 8080),
-            workers=_int("WORKERS", max(1, min(4, os.cpu_count() or 1))),
+            workers=_int("WORKERS", available_cpus()),   # one per core: see benchmarks/results/workers.md
             graceful_timeout_s=min(_int("GRACEFUL_TIMEOUT", 85), 90),
             access_log=_bool("ACCESS_LOG", True),
         )

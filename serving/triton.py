@@ -1,35 +1,45 @@
-"""The one Triton gRPC client of a worker process: model info cached at start-up, readiness, infer.
+"""The one Triton gRPC client of a worker process: model info read once, readiness, and the infer call.
 
-Run as `python -m serving.triton` it is run.sh's readiness probe: exit 0 once Triton and every
-model that config.json binds are ready.
+One channel per worker, made after fork, with the generated KServe v2 stub from tritonclient. Each predict
+route gets an `InferCall` at start-up: its ModelInferRequest is prebuilt once (model, version, input names and
+types, requested outputs), and a request only adds shapes and raw tensor bytes. Outputs are read from
+`raw_output_contents` without a second copy.
+
+Run as `python -m serving.triton` it is run.sh's readiness probe: exit 0 once Triton and every model that
+config.json binds are ready.
 """
-import logging
 import sys
 import threading
 import time
 from dataclasses import dataclass
 
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from . import codecs
 from .errors import BadRequest, DeadlineExceeded, ServingError, Unavailable
 
-log = logging.getLogger("serving.triton")
+# gRPC's own default caps received messages at 4 MB; tensors can be larger (the body limit is MAX_BODY_MB).
+_CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 _client = None
 
 
-class _Client(grpcclient.InferenceServerClient):
-    def __del__(self):
-        # Closed by close(), while gevent's hub still runs. Closing again from __del__ at interpreter exit
-        # hangs in grpc's Channel.close() under gevent, and the worker never exits.
-        pass
+class Client:
+    """A gRPC channel to Triton and its stub. Safe to share between the greenlets of one worker."""
+
+    def __init__(self, url):
+        self.channel = grpc.insecure_channel(url, options=_CHANNEL_OPTIONS)
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def close(self):
+        self.channel.close()
 
 
 def connect(url):
     """Create this process's client. Call it after fork (gunicorn's post_fork), never before."""
     global _client
-    _client = _Client(url)
+    _client = Client(url)
     return _client
 
 
@@ -54,56 +64,67 @@ class ModelInfo:
 
 
 def model_info(c, name, version="", timeout=10.0):
-    meta = c.get_model_metadata(name, version, as_json=True, client_timeout=timeout)
-    config = c.get_model_config(name, version, as_json=True, client_timeout=timeout)["config"]
+    try:
+        meta = c.stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=name, version=version), timeout=timeout)
+        config = c.stub.ModelConfig(service_pb2.ModelConfigRequest(name=name, version=version), timeout=timeout)
+    except grpc.RpcError as exc:
+        raise translate(exc, timeout) from None
 
     def tensors(items):
-        return {t["name"]: (t["datatype"], [int(d) for d in t["shape"]]) for t in items}
+        return {t.name: (t.datatype, [int(d) for d in t.shape]) for t in items}
 
-    return ModelInfo(name=name, version=version, inputs=tensors(meta.get("inputs", [])),
-                     outputs=tensors(meta.get("outputs", [])), batched=int(config.get("max_batch_size", 0)) > 0)
+    return ModelInfo(name=name, version=version, inputs=tensors(meta.inputs), outputs=tensors(meta.outputs),
+                     batched=config.config.max_batch_size > 0)
 
 
 # gRPC status -> the HTTP error the caller sees.
 _STATUS = {
-    "StatusCode.INVALID_ARGUMENT": BadRequest,
-    "StatusCode.DEADLINE_EXCEEDED": DeadlineExceeded,
-    "StatusCode.UNAVAILABLE": Unavailable,
-    "StatusCode.NOT_FOUND": Unavailable,
-    "StatusCode.RESOURCE_EXHAUSTED": Unavailable,
-    "StatusCode.CANCELLED": Unavailable,
+    grpc.StatusCode.INVALID_ARGUMENT: BadRequest,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.NOT_FOUND: Unavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Unavailable,
+    grpc.StatusCode.CANCELLED: Unavailable,
 }
 
 
 def translate(exc, timeout):
-    status = exc.status() or ""
-    kind = _STATUS.get(status)
+    """A grpc.RpcError -> the ServingError the caller sees."""
+    code = exc.code()
+    kind = _STATUS.get(code)
     if kind is DeadlineExceeded:
         return DeadlineExceeded(f"inference did not finish within {timeout:g} s")
-    if kind is Unavailable and status in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"):
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
         return Unavailable("inference server is not reachable")
     if kind is not None:
-        return kind(exc.message())
-    return ServingError(f"inference failed: {exc.message()}")
+        return kind(exc.details())
+    return ServingError(f"inference failed: {exc.details()}")
 
 
-def requested_outputs(names):
-    return [grpcclient.InferRequestedOutput(n) for n in names]
+class InferCall:
+    """One route's call to its model: the request prebuilt once, filled per request."""
 
+    def __init__(self, c, info, output_names, timeout):
+        self.stub, self.info, self.timeout = c.stub, info, timeout
+        self.template = service_pb2.ModelInferRequest(
+            model_name=info.name, model_version=info.version,
+            outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in output_names])
 
-def infer(c, info, tensors, outputs, timeout):
-    """One gRPC call. `tensors` maps input name -> numpy array, `outputs` comes from requested_outputs();
-    returns output name -> numpy array."""
-    inputs = []
-    for name, arr in tensors.items():
-        item = grpcclient.InferInput(name, list(arr.shape), info.inputs[name][0])
-        item.set_data_from_numpy(arr)
-        inputs.append(item)
-    try:
-        result = c.infer(info.name, inputs, model_version=info.version, outputs=outputs, client_timeout=timeout)
-    except InferenceServerException as exc:
-        raise translate(exc, timeout) from None
-    return {o.name(): result.as_numpy(o.name()) for o in outputs}
+    def __call__(self, tensors):
+        """{input name: numpy array} -> {output name: numpy array}, in one gRPC call."""
+        request = service_pb2.ModelInferRequest()
+        request.CopyFrom(self.template)
+        inputs = self.info.inputs
+        for name, arr in tensors.items():
+            datatype = inputs[name][0]
+            request.inputs.add(name=name, datatype=datatype, shape=arr.shape)
+            request.raw_input_contents.append(codecs.to_raw(arr, datatype))
+        try:
+            response = self.stub.ModelInfer(request, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise translate(exc, self.timeout) from None
+        return {out.name: codecs.from_raw(raw, out.datatype, out.shape)
+                for out, raw in zip(response.outputs, response.raw_output_contents)}
 
 
 class Readiness:
@@ -113,20 +134,21 @@ class Readiness:
     """
 
     def __init__(self, c, models, timeout, ttl):
-        self.client, self.models, self.timeout, self.ttl = c, list(models), timeout, ttl
+        self.stub, self.models, self.timeout, self.ttl = c.stub, list(models), timeout, ttl
         self.lock = threading.Lock()
         self.checked_at, self.reason = float("-inf"), "not checked yet"
 
     def probe(self):
         """None when ready, else why not."""
         try:
-            if not self.client.is_server_ready(client_timeout=self.timeout):
+            if not self.stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=self.timeout).ready:
                 return "inference server is not ready"
             for name, version in self.models:
-                if not self.client.is_model_ready(name, version, client_timeout=self.timeout):
+                request = service_pb2.ModelReadyRequest(name=name, version=version)
+                if not self.stub.ModelReady(request, timeout=self.timeout).ready:
                     return f"model {name!r} is not ready"
-        except InferenceServerException as exc:
-            return f"inference server is not reachable: {exc.message() or exc.status()}"
+        except grpc.RpcError as exc:
+            return f"inference server is not reachable: {exc.details() or exc.code().name}"
         return None
 
     def check(self):

@@ -160,3 +160,34 @@ def test_outputs_follow_the_response_schema():
     assert codecs.output_value(np.array([[b"seven"]], np.object_), "string", True) == "seven"
     assert codecs.output_value(np.array([b"a", b"b"], np.object_), "array", False) == ["a", "b"]
     assert codecs.output_value(np.array([[1, 2], [3, 4]], np.int32), "array", False) == [[1, 2], [3, 4]]
+
+
+@pytest.mark.parametrize("arr,datatype,shape", [
+    (np.arange(16, dtype=np.float32).reshape(1, 16), "FP32", [1, 16]),
+    (np.array([[7]], np.int64), "INT64", [1, 1]),
+    (np.array([[True, False]]), "BOOL", [1, 2]),
+    (np.array([[b"\x89PNG\x00\xff"]], np.object_), "BYTES", [1, 1]),
+    (np.array([[b"a", b"", "héllo".encode()]], np.object_), "BYTES", [1, 3]),
+])
+def test_raw_tensor_bytes_round_trip(arr, datatype, shape):
+    raw = codecs.to_raw(arr, datatype)
+    back = codecs.from_raw(raw, datatype, shape)
+    assert back.shape == tuple(shape)
+    assert back.tolist() == arr.tolist()
+
+
+def test_raw_bytes_layout_is_kserve_v2():
+    # Each BYTES element: 4-byte little-endian length, then the bytes.
+    assert codecs.to_raw(np.array([[b"ab", b"c"]], np.object_), "BYTES") == b"\x02\x00\x00\x00ab\x01\x00\x00\x00c"
+    assert codecs.to_raw(np.array([[1.5]], np.float32), "FP32") == np.float32(1.5).tobytes()
+
+
+def test_base64_string_on_a_numeric_input_carries_raw_values():
+    import base64
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    t = codecs.json_tensor("x", base64.b64encode(values.tobytes()).decode(), "FP32", [-1, 2, 3], True, b64=True)
+    assert t.shape == (1, 2, 3) and t.tolist() == [values.tolist()]
+    with pytest.raises(BadRequest, match=r"must hold 24 bytes \(FP32 \[2, 3\], little-endian\), got 4"):
+        codecs.json_tensor("x", base64.b64encode(b"abcd").decode(), "FP32", [-1, 2, 3], True, b64=True)
+    with pytest.raises(BadRequest, match="needs a fixed shape"):
+        codecs.json_tensor("x", base64.b64encode(b"abcd").decode(), "FP32", [-1, -1], True, b64=True)

@@ -1,0 +1,339 @@
+"""What the proxy costs: each workload sent through the proxy and straight to Triton's HTTP API, with the same
+load generator (wrk, keep-alive, every answer checked), in the same run, alternating, at several concurrencies.
+perf_analyzer over gRPC, straight to Triton, is a third reference column.
+
+    make bench                       # the full run: writes benchmarks/results/bench.{json,md,png}
+    make bench BENCH_ARGS=--smoke    # a short end-to-end check (CI runs it): every answer right, no numbers judged
+
+Workloads (the bench builds its own model repository and config.json from model_repository/ and
+benchmarks/models/, which `make serve` does not serve):
+- mnist:    a 2 KB JPEG as multipart through the proxy; the same bytes as a BYTES tensor (binary extension) direct;
+- identity: FP32[16] as JSON on both sides; the model costs nothing, so this measures the proxy itself;
+- resnet:   FP32[3,224,224] as base64 in JSON through the proxy; the raw tensor (binary extension) direct.
+
+Reported per point: throughput, p50 and p99 on both sides and their ratios, the proxy's CPU per request (its
+gunicorn processes' utime+stime from /proc over the requests served) and RSS per worker. The load generators
+run on the same machine as the server, so on a small machine compare ratios and CPU per request; absolute
+numbers mean something only on the target hardware.
+"""
+import argparse
+import base64
+import csv
+import datetime
+import json
+import os
+import pathlib
+import platform
+import re
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+
+import numpy as np
+import requests
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from conftest import Stack  # noqa: E402  (the tests' way of starting run.sh)
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def binary_body(inputs, outputs):
+    """A KServe v2 request with the binary tensor extension: (body, headers). inputs: [(name, datatype, shape, raw)]."""
+    header = json.dumps({
+        "inputs": [{"name": n, "datatype": d, "shape": s, "parameters": {"binary_data_size": len(raw)}}
+                   for n, d, s, raw in inputs],
+        "outputs": [{"name": o, "parameters": {"binary_data": False}} for o in outputs]}).encode()
+    return header + b"".join(raw for *_, raw in inputs), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def multipart(field, filename, data, boundary="bench-boundary-7f3a"):
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+class Side:
+    """One way of sending a workload: URL, body, headers, and how a right answer looks."""
+
+    def __init__(self, url, body, content_type, headers=None, expect=None, prefix=None):
+        self.url, self.body, self.content_type = url, body, content_type
+        self.headers = headers or {}
+        self.expect, self.prefix = expect, prefix
+
+
+def workloads(proxy, direct):
+    image = (ROOT / "tests" / "data" / "seven.jpg").read_bytes()
+    mnist_direct, mnist_headers = binary_body([("images", "BYTES", [1, 1], struct.pack("<I", len(image)) + image)],
+                                              ["mnist_result"])
+    mp, mp_type = multipart("images", "seven.jpg", image)
+    values = [float(i) for i in range(16)]
+    tensor = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    resnet_direct, resnet_headers = binary_body([("INPUT0", "FP32", [1, 3, 224, 224], tensor.tobytes())],
+                                                ["OUTPUT0"])
+    return {
+        "mnist": {
+            "proxy": Side(proxy + "/", mp, mp_type, expect=lambda d: d == {"mnist_result": 7}),
+            "direct": Side(direct + "/v2/models/mnist/infer", mnist_direct, "application/octet-stream", mnist_headers,
+                           expect=lambda d: d["outputs"][0]["data"] == [7]),
+            "perf_analyzer": {"model": "mnist", "data": {"images": {"b64": base64.b64encode(
+                struct.pack("<I", len(image)) + image).decode()}}},
+        },
+        "identity": {
+            "proxy": Side(proxy + "/identity", json.dumps({"INPUT0": values}).encode(), "application/json",
+                          expect=lambda d: d == {"OUTPUT0": values}),
+            "direct": Side(direct + "/v2/models/identity/infer", json.dumps({"inputs": [
+                {"name": "INPUT0", "datatype": "FP32", "shape": [1, 16], "data": values}]}).encode(),
+                "application/json", expect=lambda d: d["outputs"][0]["data"] == values),
+            "perf_analyzer": {"model": "identity", "data": {"INPUT0": values}},
+        },
+        "resnet": {
+            # Float results can differ in the last bits with the batch the server formed, so under load an
+            # answer is checked by its start; the first answer of each side is checked in full.
+            "proxy": Side(proxy + "/resnet", json.dumps({"INPUT0": base64.b64encode(tensor.tobytes()).decode()}).encode(),
+                          "application/json", prefix=b'{"OUTPUT0": [',
+                          expect=lambda d: len(d["OUTPUT0"]) == 1000),
+            "direct": Side(direct + "/v2/models/resnet_bench/infer", resnet_direct, "application/octet-stream",
+                           resnet_headers, prefix=b'{"model_name":"resnet_bench"',
+                           expect=lambda d: len(d["outputs"][0]["data"]) == 1000),
+            "perf_analyzer": {"model": "resnet_bench", "data": {"INPUT0": {"b64": base64.b64encode(
+                tensor.tobytes()).decode()}}},
+        },
+    }
+
+
+def first_answer(side):
+    resp = requests.post(side.url, data=side.body, timeout=60,
+                         headers={"Content-Type": side.content_type, **side.headers})
+    if resp.status_code != 200:
+        raise SystemExit(f"{side.url}: {resp.status_code} {resp.text[:300]}")
+    if not side.expect(json.loads(resp.content)):
+        raise SystemExit(f"{side.url}: wrong answer {resp.text[:300]}")
+    return resp.content
+
+
+def wrk(side, answer, concurrency, seconds, workdir):
+    """(requests, req/s, p50 ms, p99 ms); exits if any answer differs from `answer` (or its prefix)."""
+    body, expect = workdir / "body", workdir / "expect"
+    body.write_bytes(side.body)
+    expect.write_bytes(side.prefix if side.prefix else answer)
+    env = dict(os.environ, BENCH_BODY=str(body), BENCH_EXPECT=str(expect), BENCH_CONTENT_TYPE=side.content_type,
+               BENCH_MATCH="prefix" if side.prefix else "exact",
+               BENCH_HEADERS="\n".join(f"{k}: {v}" for k, v in side.headers.items()))
+    cmd = ["wrk", "-t", str(min(concurrency, 2)), "-c", str(concurrency), "-d", f"{seconds}s", "--timeout", "30s",
+           "-s", str(HERE / "post.lua"), side.url]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=seconds + 60)
+    m = re.search(r"RESULT requests=(\d+) rps=([\d.]+) p50_us=(\d+) p99_us=(\d+) wrong=(\d+) errors=(\d+)", proc.stdout)
+    if proc.returncode != 0 or not m:
+        raise SystemExit(f"wrk failed:\n{proc.stdout}\n{proc.stderr}")
+    if int(m[5]) or int(m[6]):
+        raise SystemExit(f"{side.url}: {m[5]} wrong answers and {m[6]} errors under load (c={concurrency})")
+    return int(m[1]), float(m[2]), int(m[3]) / 1000, int(m[4]) / 1000
+
+
+def perf_analyzer(spec, grpc_url, concurrency, seconds, workdir):
+    """Direct Triton over gRPC: (req/s, p50 ms, p99 ms), or None where perf_analyzer cannot run here."""
+    exe = os.path.join(os.path.dirname(sys.executable), "perf_analyzer")
+    if not os.path.exists(exe):
+        return None
+    inputs = workdir / "pa-input.json"
+    inputs.write_text(json.dumps({"data": [spec["data"]]}))
+    out = workdir / "pa.csv"
+    env = dict(os.environ, LD_LIBRARY_PATH=os.path.join(sysconfig.get_paths()["purelib"], "nvidia", "cuda_runtime", "lib"))
+    cmd = [exe, "-m", spec["model"], "-i", "grpc", "-u", grpc_url, "--input-data", str(inputs),
+           "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval", str(seconds * 1000),
+           "--stability-percentage", "100", "--max-trials", "3", "-f", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    if proc.returncode != 0:
+        raise SystemExit(f"perf_analyzer failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    row = next(csv.DictReader(out.open()))
+    return float(row["Inferences/Second"]), int(row["p50 latency"]) / 1000, int(row["p99 latency"]) / 1000
+
+
+def proc_cpu(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / CLK
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def build_repository(workdir):
+    repo = workdir / "model_repository"
+    repo.mkdir()
+    for parent in (ROOT / "model_repository", HERE / "models"):
+        for model in parent.iterdir():
+            if (model / "config.pbtxt").exists():
+                (repo / model.name).symlink_to(model)
+    return repo
+
+
+def probe_health(url, stop, samples):
+    with requests.Session() as s:
+        while not stop.is_set():
+            t = time.perf_counter()
+            status = s.get(url + "/health", timeout=10).status_code
+            samples.append((status, (time.perf_counter() - t) * 1000))
+            time.sleep(0.05)
+
+
+def run(args, workdir):
+    stack = Stack(workdir, MODEL_REPOSITORY=build_repository(workdir), ACCESS_LOG=str(args.access_log).lower(),
+                  MODELARTS_CONFIG=HERE / "config.bench.json", GRACE_PERIOD="0",
+                  **({"WORKERS": str(args.workers)} if args.workers else {})).start()
+    direct = f"http://127.0.0.1:{stack.env['TRITON_HTTP_PORT']}"
+    grpc_url = f"127.0.0.1:{stack.env['TRITON_GRPC_PORT']}"
+    rows, health = [], []
+    try:
+        master = stack.pids("gunicorn")
+        loads = workloads(stack.url, direct)
+        for name in args.workloads:
+            load = loads[name]
+            answers = {side: first_answer(load[side]) for side in ("proxy", "direct")}
+            for side in ("proxy", "direct"):   # warm-up: connections, the model's first batches
+                wrk(load[side], answers[side], 4, 1, workdir)
+            for i, c in enumerate(args.concurrency):
+                point = {"workload": name, "concurrency": c}
+                order = ("direct", "proxy") if i % 2 == 0 else ("proxy", "direct")
+                stop, prober = threading.Event(), None
+                for side in order:
+                    if side == "proxy" and name == "identity" and c == max(args.concurrency):
+                        prober = threading.Thread(target=probe_health, args=(stack.url, stop, health))
+                        prober.start()
+                    gunicorn = stack.pids("gunicorn")
+                    cpu0 = proc_cpu(gunicorn)
+                    n, rps, p50, p99 = wrk(load[side], answers[side], c, args.seconds, workdir)
+                    point[side] = {"requests": n, "rps": rps, "p50_ms": p50, "p99_ms": p99}
+                    if side == "proxy":
+                        point["proxy_cpu_ms_per_request"] = (proc_cpu(gunicorn) - cpu0) / n * 1000
+                        workers = [p for p in gunicorn if p not in master[:1]]
+                        point["proxy_rss_mb_per_worker"] = max(rss_mb(p) for p in workers)
+                    if prober:
+                        stop.set()
+                        prober.join()
+                        prober = None
+                if args.perf_analyzer:
+                    pa = perf_analyzer(load["perf_analyzer"], grpc_url, c, args.seconds, workdir)
+                    if pa:
+                        point["perf_analyzer_grpc"] = {"rps": pa[0], "p50_ms": pa[1], "p99_ms": pa[2]}
+                point["throughput_ratio"] = point["proxy"]["rps"] / point["direct"]["rps"]
+                point["p50_ratio"] = point["proxy"]["p50_ms"] / point["direct"]["p50_ms"]
+                rows.append(point)
+                print(f"{name:9} c={c:<3} proxy {point['proxy']['rps']:7.0f} req/s p50 {point['proxy']['p50_ms']:6.2f} ms"
+                      f" | direct {point['direct']['rps']:7.0f} req/s p50 {point['direct']['p50_ms']:6.2f} ms"
+                      f" | ratio {point['throughput_ratio']:.2f} | proxy CPU {point['proxy_cpu_ms_per_request']:.3f}"
+                      f" ms/req", flush=True)
+    finally:
+        stack.terminate()
+    return rows, health
+
+
+def report(args, rows, health):
+    lat = sorted(ms for _, ms in health)
+    health_row = {"samples": len(lat), "non_200": sum(1 for s, _ in health if s != 200),
+                  "p50_ms": statistics.median(lat) if lat else None,
+                  "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else None}
+    machine = (f"{datetime.date.today()}, {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+               f"{args.gpu or 'no GPU'}")
+    lines = [
+        "# Proxy vs direct Triton",
+        "",
+        f"{machine}; {args.seconds} s per point. proxy = wrk through :8080, direct = wrk on Triton's HTTP API (same "
+        "bytes, binary tensor extension for tensors), pa = perf_analyzer over gRPC, direct. Every answer checked. "
+        "Load generators share the machine with the server.",
+        "",
+        "| workload | c | direct req/s | proxy req/s | **proxy/direct** | direct p50 ms | proxy p50 ms | p50 ratio "
+        "| direct p99 ms | proxy p99 ms | **proxy CPU ms/req** | RSS/worker MB | pa gRPC req/s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        d, p = r["direct"], r["proxy"]
+        pa = r.get("perf_analyzer_grpc")
+        pa_rps = f"{pa['rps']:.0f}" if pa else "-"
+        lines.append(f"| {r['workload']} | {r['concurrency']} | {d['rps']:.0f} | {p['rps']:.0f} "
+                     f"| **{r['throughput_ratio']:.2f}** | {d['p50_ms']:.2f} | {p['p50_ms']:.2f} | {r['p50_ratio']:.2f} "
+                     f"| {d['p99_ms']:.1f} | {p['p99_ms']:.1f} | **{r['proxy_cpu_ms_per_request']:.3f}** "
+                     f"| {r['proxy_rss_mb_per_worker']:.0f} | {pa_rps} |")
+    if lat:
+        lines += ["", f"`GET /health` during the identity c={max(args.concurrency)} proxy load: {health_row['samples']} "
+                  f"probes, {health_row['non_200']} not 200, p50 {health_row['p50_ms']:.1f} ms, "
+                  f"p99 {health_row['p99_ms']:.1f} ms."]
+    return "\n".join(lines) + "\n", {"machine": machine, "seconds": args.seconds, "points": rows,
+                                      "health_under_load": health_row}
+
+
+def plot(rows, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(dict.fromkeys(r["workload"] for r in rows))
+    fig, axes = plt.subplots(2, len(names), figsize=(4.5 * len(names), 7), squeeze=False)
+    for col, name in enumerate(names):
+        pts = [r for r in rows if r["workload"] == name]
+        cs = [r["concurrency"] for r in pts]
+        for side, style in (("direct", "o--"), ("proxy", "s-")):
+            axes[0][col].plot(cs, [r[side]["rps"] for r in pts], style, label=side)
+            axes[1][col].plot(cs, [r[side]["p50_ms"] for r in pts], style, label=side)
+        axes[0][col].set_title(name)
+        axes[0][col].set_ylabel("requests/s")
+        axes[1][col].set_ylabel("p50 latency (ms)")
+        for ax in (axes[0][col], axes[1][col]):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(cs, [str(c) for c in cs])
+            ax.set_xlabel("concurrency")
+            ax.grid(alpha=0.3)
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", nargs="+", default=["mnist", "identity", "resnet"])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    parser.add_argument("--seconds", type=int, default=5, help="length of one measurement")
+    parser.add_argument("--workers", type=int, help="gunicorn workers (default: the product's default)")
+    parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
+                        help="the product's default is on")
+    parser.add_argument("--perf-analyzer", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--gpu", default="", help="the GPU's name, for the report")
+    parser.add_argument("--name", default="bench", help="results/<name>.{json,md,png}")
+    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--smoke", action="store_true", help="1 s per point at c=1 and 4, no perf_analyzer")
+    args = parser.parse_args()
+    if args.smoke:
+        args.concurrency, args.seconds, args.perf_analyzer = [1, 4], 1, False
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is missing: run `make bench`, which installs it")
+    rows, health = run(args, pathlib.Path(tempfile.mkdtemp()))
+    text, doc = report(args, rows, health)
+    print(text)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.md").write_text(text)
+    (out / f"{args.name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    plot(rows, out / f"{args.name}.png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""The benchmark runs end to end: every workload, through the proxy and straight to Triton, every answer checked.
+It never judges a number (machines here are noisy); `make bench` is where numbers are made."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_bench_smoke_runs_every_workload_with_right_answers(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench.py"), "--smoke",
+                           "--out", str(tmp_path), "--name", "smoke"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "smoke.json").read_text())
+    points = {(p["workload"], p["concurrency"]) for p in doc["points"]}
+    assert points == {(w, c) for w in ("mnist", "identity", "resnet") for c in (1, 4)}
+    for p in doc["points"]:
+        assert p["proxy"]["requests"] > 0 and p["direct"]["requests"] > 0
+        assert p["proxy_cpu_ms_per_request"] > 0
+    assert (tmp_path / "smoke.png").stat().st_size > 10_000
