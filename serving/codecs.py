@@ -6,7 +6,6 @@ Requests:  multipart file -> BYTES [1];  JSON string -> BYTES (base64-decoded wh
 Responses: one element -> a JSON scalar, several -> a list (or a list always, where the schema says "array");
            BYTES -> str.
 """
-import base64
 import binascii
 import json
 import struct
@@ -41,7 +40,9 @@ def _to_bytes(name, value, b64):
     if not b64:
         return value.encode("utf-8")
     try:
-        data = base64.b64decode(value, validate=True)
+        # strict_mode checks the alphabet and the padding in C; b64decode(validate=True) runs a regex over the
+        # whole string first, which cost more than the decoding on large tensors.
+        data = binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError):
         raise BadRequest(f"field {name!r} is not valid base64") from None
     if not data:
