@@ -8,12 +8,14 @@ types, requested outputs), and a request only adds shapes and raw tensor bytes. 
 Run as `python -m serving.triton` it is run.sh's readiness probe: exit 0 once Triton and every model that
 config.json binds are ready.
 """
+import collections
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
 import grpc
+from gevent.hub import Waiter, get_hub
+from gevent.lock import Semaphore
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from . import codecs
@@ -26,13 +28,46 @@ _client = None
 
 
 class Client:
-    """A gRPC channel to Triton and its stub. Safe to share between the greenlets of one worker."""
+    """A gRPC channel to Triton and its stub, shared by the greenlets of one worker.
+
+    Calls go through grpc's future API: starting one does not block, and grpc's own completion-queue thread
+    (a native thread: serving/worker.py leaves `threading` unpatched) runs the done-callbacks. Each callback
+    queues the result and wakes the hub through one `async_` watcher, which hands every queued result to its
+    waiting greenlet. One wake-up can carry many completions, and no call waits in gevent's thread pool
+    (grpcio's gevent integration parks a pool thread per call: 0.2 ms of CPU per request more, measured).
+    """
 
     def __init__(self, url):
         self.channel = grpc.insecure_channel(url, options=_CHANNEL_OPTIONS)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        self._done = collections.deque()
+        self._wake = None
+
+    def call(self, method, request, timeout):
+        """One unary RPC (`method` is a stub attribute) from a greenlet: its response, or grpc.RpcError."""
+        if self._wake is None:            # made on first use, in the hub's thread
+            self._wake = get_hub().loop.async_()
+            self._wake.start(self._deliver)
+        waiter = Waiter()
+        future = method.future(request, timeout=timeout)
+        future.add_done_callback(lambda f: self._completed(waiter, f))
+        return waiter.get().result()
+
+    def _completed(self, waiter, future):
+        # grpc's thread: queue, then wake the hub (send() does nothing while a wake-up is already pending).
+        self._done.append((waiter, future))
+        self._wake.send()
+
+    def _deliver(self):
+        # The hub: resume each waiting greenlet. A greenlet that is gone (killed) just leaves its waiter behind.
+        done = self._done
+        while done:
+            waiter, future = done.popleft()
+            waiter.switch(future)
 
     def close(self):
+        if self._wake is not None:
+            self._wake.stop()
         self.channel.close()
 
 
@@ -65,8 +100,8 @@ class ModelInfo:
 
 def model_info(c, name, version="", timeout=10.0):
     try:
-        meta = c.stub.ModelMetadata(service_pb2.ModelMetadataRequest(name=name, version=version), timeout=timeout)
-        config = c.stub.ModelConfig(service_pb2.ModelConfigRequest(name=name, version=version), timeout=timeout)
+        meta = c.call(c.stub.ModelMetadata, service_pb2.ModelMetadataRequest(name=name, version=version), timeout)
+        config = c.call(c.stub.ModelConfig, service_pb2.ModelConfigRequest(name=name, version=version), timeout)
     except grpc.RpcError as exc:
         raise translate(exc, timeout) from None
 
@@ -105,7 +140,7 @@ class InferCall:
     """One route's call to its model: the request prebuilt once, filled per request."""
 
     def __init__(self, c, info, output_names, timeout):
-        self.stub, self.info, self.timeout = c.stub, info, timeout
+        self.call, self.infer, self.info, self.timeout = c.call, c.stub.ModelInfer, info, timeout
         self.template = service_pb2.ModelInferRequest(
             model_name=info.name, model_version=info.version,
             outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in output_names])
@@ -120,7 +155,7 @@ class InferCall:
             request.inputs.add(name=name, datatype=datatype, shape=arr.shape)
             request.raw_input_contents.append(codecs.to_raw(arr, datatype))
         try:
-            response = self.stub.ModelInfer(request, timeout=self.timeout)
+            response = self.call(self.infer, request, self.timeout)
         except grpc.RpcError as exc:
             raise translate(exc, self.timeout) from None
         return {out.name: codecs.from_raw(raw, out.datatype, out.shape)
@@ -134,18 +169,19 @@ class Readiness:
     """
 
     def __init__(self, c, models, timeout, ttl):
-        self.stub, self.models, self.timeout, self.ttl = c.stub, list(models), timeout, ttl
-        self.lock = threading.Lock()
+        self.client, self.models, self.timeout, self.ttl = c, list(models), timeout, ttl
+        self.lock = Semaphore()   # a greenlet lock: the probe waits on gRPC while holding it
         self.checked_at, self.reason = float("-inf"), "not checked yet"
 
     def probe(self):
         """None when ready, else why not."""
         try:
-            if not self.stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=self.timeout).ready:
+            c = self.client
+            if not c.call(c.stub.ServerReady, service_pb2.ServerReadyRequest(), self.timeout).ready:
                 return "inference server is not ready"
             for name, version in self.models:
                 request = service_pb2.ModelReadyRequest(name=name, version=version)
-                if not self.stub.ModelReady(request, timeout=self.timeout).ready:
+                if not c.call(c.stub.ModelReady, request, self.timeout).ready:
                     return f"model {name!r} is not ready"
         except grpc.RpcError as exc:
             return f"inference server is not reachable: {exc.details() or exc.code().name}"
