@@ -185,6 +185,7 @@ def build_repository(workdir):
         for model in parent.iterdir():
             if (model / "config.pbtxt").exists():
                 (repo / model.name).symlink_to(model)
+    (repo / "torch_device.py").symlink_to(ROOT / "model_repository" / "torch_device.py")
     return repo
 
 

@@ -9,6 +9,7 @@ Pre-processing lives here, not in the proxy, so that every client of Triton
 import io
 import json
 import os
+import sys
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -109,17 +110,17 @@ def load_net(device):
 
 class TritonPythonModel:
     def initialize(self, args):
-        kind = args.get("model_instance_kind", "CPU")
-        if kind == "GPU" and torch.cuda.is_available():
-            self.device = torch.device(f"cuda:{args['model_instance_device_id']}")
-        else:
-            self.device = torch.device("cpu")
+        # The repository root holds torch_device.py, shared by the models: the GPU Triton assigns, or a clear failure.
+        sys.path.insert(0, os.path.dirname(args["model_repository"]))
+        import torch_device
+        self.device, where = torch_device.select(torch, args)
+        if self.device.type == "cpu":
             torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
         self.net = load_net(self.device)
         config = json.loads(args["model_config"])
         self.out_dtype = pb_utils.triton_string_to_numpy(
             pb_utils.get_output_config_by_name(config, "mnist_result")["data_type"])
-        pb_utils.Logger.log_info(f"mnist: loaded {WEIGHTS} on {self.device}")
+        pb_utils.Logger.log_info(f"mnist: loaded {os.path.basename(WEIGHTS)} on {where}")
 
     def execute(self, requests):
         # One forward pass over every valid image of every request in the dynamic batch;

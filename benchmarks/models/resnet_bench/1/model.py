@@ -3,6 +3,9 @@
 The GPU where Triton gives one, else the CPU. The output is deterministic for a given input, so the bench can
 check every answer against the first.
 """
+import os
+import sys
+
 import numpy as np
 import torch
 import triton_python_backend_utils as pb_utils
@@ -38,11 +41,13 @@ def resnet_like():
 
 class TritonPythonModel:
     def initialize(self, args):
-        kind = args["model_instance_kind"]
-        self.device = f"cuda:{args['model_instance_device_id']}" if kind == "GPU" and torch.cuda.is_available() else "cpu"
+        # torch_device.py sits at the repository root (the bench links it there, beside the models).
+        sys.path.insert(0, os.path.dirname(args["model_repository"]))
+        import torch_device
+        self.device, where = torch_device.select(torch, args)
         torch.manual_seed(0)
         self.net = resnet_like().eval().to(self.device)
-        pb_utils.Logger.log_info(f"resnet_bench on {self.device}")
+        pb_utils.Logger.log_info(f"resnet_bench on {where}")
 
     def execute(self, requests):
         batch = [pb_utils.get_input_tensor_by_name(r, "INPUT0").as_numpy() for r in requests]
