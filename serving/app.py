@@ -10,7 +10,7 @@ import os
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import codecs, modelarts, triton
+from . import binding, codecs, modelarts, triton
 from .errors import BadRequest, ConfigError, ServingError, UnsupportedMediaType
 from .settings import Settings
 
@@ -73,7 +73,7 @@ def decode(route, info):
                 except ValueError:
                     raise BadRequest(f"form field {f.name!r} must hold {datatype} values") from None
                 tensors[f.name] = codecs.json_tensor(f.name, value, datatype, shape, info.batched,
-                                                     b64=f.encoding == "base64")
+                                                     b64=f.encoding == "base64", max_batch=info.max_batch_size)
     else:
         doc = codecs.parse_json_body(request.get_data(cache=False))
         for f in route.inputs:
@@ -83,7 +83,7 @@ def decode(route, info):
                 continue
             datatype, shape = info.inputs[f.name]
             tensors[f.name] = codecs.json_tensor(f.name, doc[f.name], datatype, shape, info.batched,
-                                                 b64=f.encoding == "base64")
+                                                 b64=f.encoding == "base64", max_batch=info.max_batch_size)
     return tensors
 
 
@@ -91,12 +91,9 @@ def create_app(settings=None):
     settings = settings or Settings.from_env()
     config = modelarts.load(settings.modelarts_config)
     client = triton.client(settings.triton_grpc_url)
-    infos = {}
-    for route in config.routes:
-        key = (route.model, route.version)
-        if key not in infos:
-            infos[key] = triton.model_info(client, route.model, route.version)
-        check_binding(route, infos[key])
+    routes, infos = triton.bound_routes(client, config, binding.parse_overrides(settings.model_bindings))
+    for route in routes:
+        check_binding(route, infos[(route.model, route.version)])
     readiness = triton.Readiness(client, infos, settings.health_timeout_s, settings.health_cache_s)
 
     app = Flask("serving")
@@ -115,7 +112,7 @@ def create_app(settings=None):
 
     def predict_view(route, info):
         names = [f.name for f in route.outputs]
-        types = {f.name: f.type for f in route.outputs}
+        types = {f.name: (f.type, f.depth) for f in route.outputs}
         call = triton.InferCall(client, info, names, settings.request_timeout_s)   # prebuilt once per route
 
         def predict():
@@ -123,11 +120,11 @@ def create_app(settings=None):
             if not tensors:
                 raise BadRequest("the request carries none of the fields " + ", ".join(f.name for f in route.inputs))
             outputs = call(tensors)
-            return _json({n: codecs.output_value(outputs[n], types[n], info.batched) for n in names})
+            return _json({n: codecs.output_value(outputs[n], types[n][0], info.batched, types[n][1]) for n in names})
 
         return predict
 
-    for route in config.routes:
+    for route in routes:
         app.add_url_rule(route.url, endpoint=f"{route.method} {route.url}", methods=[route.method],
                          view_func=predict_view(route, infos[(route.model, route.version)]))
         log.info("route %s %s -> model %r (inputs %s; outputs %s)", route.method, route.url, route.model,

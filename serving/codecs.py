@@ -50,10 +50,13 @@ def _to_bytes(name, value, b64):
     return data
 
 
-def json_tensor(name, value, datatype, shape, batched, b64=False):
-    """A JSON value -> a tensor of the input's datatype and shape, or BadRequest saying what is wrong."""
+def json_tensor(name, value, datatype, shape, batched, b64=False, max_batch=0):
+    """A JSON value -> a tensor of the input's datatype and shape, or BadRequest saying what is wrong.
+
+    Where one batch item is a single element (shape [1]), a JSON list of N values is a batch of N."""
     if b64 and datatype != "BYTES":
-        return _fit(name, _binary_tensor(name, _to_bytes(name, value, True), datatype, shape, batched), shape, batched)
+        return _fit(name, _binary_tensor(name, _to_bytes(name, value, True), datatype, shape, batched), shape, batched,
+                    max_batch)
     if datatype == "BYTES":
         if isinstance(value, list):
             flat = np.array(value, dtype=np.object_)
@@ -84,7 +87,7 @@ def json_tensor(name, value, datatype, shape, batched, b64=False):
             arr = arr.astype(dtype)
         except (OverflowError, ValueError, TypeError):
             raise BadRequest(f"field {name!r} does not fit {datatype}") from None
-    return _fit(name, arr, shape, batched)
+    return _fit(name, arr, shape, batched, max_batch)
 
 
 def _binary_tensor(name, data, datatype, shape, batched):
@@ -106,13 +109,20 @@ def _has(value, pred):
     return pred(value)
 
 
-def _fit(name, arr, shape, batched):
-    """Give `arr` the model's shape: a scalar fills a one-element input, and the batch dimension is added."""
+def _fit(name, arr, shape, batched, max_batch=0):
+    """Give `arr` the model's shape: a scalar fills a one-element input, a list of N fills N one-element items, and
+    the batch dimension is added."""
     item = list(shape[1:] if batched else shape)
     if arr.ndim == 0:
         arr = arr.reshape([1] * len(item))
+    elif batched and item == [1] and arr.ndim == 1:
+        if arr.shape[0] == 0:
+            raise BadRequest(f"field {name!r} is empty")
+        arr = arr[:, None]
     if batched and arr.ndim == len(item):
         arr = arr[None]
+    if batched and max_batch and arr.shape[0] > max_batch:
+        raise BadRequest(f"field {name!r} holds {arr.shape[0]} items; at most {max_batch} per request")
     if arr.ndim != len(shape) or any(w >= 0 and w != a for w, a in zip(shape, arr.shape)):
         expect = ["n" if w < 0 else w for w in item]
         raise BadRequest(f"field {name!r} must have shape {expect}, got {list(arr.shape)}")
@@ -131,9 +141,10 @@ def parse_json_body(raw):
     return doc
 
 
-def output_value(arr, schema_type, batched):
-    """One Triton output -> its JSON value, as the response schema says."""
-    if batched and arr.ndim >= 1 and arr.shape[0] == 1:
+def output_value(arr, schema_type, batched, depth=None):
+    """One Triton output -> its JSON value, as the response schema says. A batch of one loses its batch dimension,
+    unless the schema nests as deep as the output is (an array of vectors stays an array of one vector)."""
+    if batched and arr.ndim >= 1 and arr.shape[0] == 1 and (depth is None or depth < arr.ndim):
         arr = arr[0]
     if arr.dtype == np.object_:
         arr = np.vectorize(lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b),

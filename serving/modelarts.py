@@ -1,9 +1,9 @@
-"""Load and check the ModelArts config.json; turn each `apis[]` entry into a Route bound to a Triton model.
+"""Load and check the ModelArts config.json; turn each `apis[]` entry into a Route.
 
-Binding rules (documented in the README):
-- each api names its Triton model in the namespaced extension key `"x-triton": {"model": ..., "version": ...}`;
 - request property names are Triton input names, response property names are Triton output names;
-- `"type": "file"` properties arrive as multipart file uploads and go to Triton as BYTES.
+- `"type": "file"` properties arrive as multipart file uploads and go to Triton as BYTES;
+- which model serves a route is decided at start-up by serving/binding.py. Configs written before that may still
+  name it in an api's `"x-triton": {"model": ..., "version": ...}` key, which is honoured as an explicit binding.
 """
 import json
 from dataclasses import dataclass
@@ -22,13 +22,14 @@ class Field:
     type: str          # the JSON-schema type: file, string, integer, number, boolean, array, object
     required: bool
     encoding: str = "" # "base64": a JSON string carrying binary data (an image in a JSON body), sent decoded
+    depth: int = 0     # how many arrays deep the schema nests: 0 a scalar, 1 an array, 2 an array of arrays
 
 
 @dataclass(frozen=True)
 class Route:
     url: str
     method: str
-    model: str
+    model: str                       # "" until serving/binding.py binds it (unless the api names it)
     version: str
     content_type: str                # what the request body must be
     inputs: tuple                    # Field per request property = Triton input
@@ -54,8 +55,15 @@ def _properties(block, where):
         if encoding not in ("", "base64"):
             raise ConfigError(f"{where}: property {name!r}: contentEncoding {encoding!r} is not supported (base64 is)")
         # Without a `required` list every property is required, as every non-optional Triton input is.
-        props.append(Field(name, schema["type"], required is None or name in required, encoding))
+        props.append(Field(name, schema["type"], required is None or name in required, encoding, _depth(schema)))
     return tuple(props)
+
+
+def _depth(schema):
+    depth = 0
+    while isinstance(schema, dict) and schema.get("type") == "array":
+        depth, schema = depth + 1, schema.get("items")
+    return depth
 
 
 def _content_type(block, where):
@@ -88,9 +96,9 @@ def parse(doc):
         if (url, method) in seen or url == health_url:
             raise ConfigError(f"{where}: {method} {url} is declared twice or clashes with the health URL")
         seen.add((url, method))
-        binding = api.get(EXTENSION)
-        if not isinstance(binding, dict) or not isinstance(binding.get("model"), str):
-            raise ConfigError(f'{where}: needs "{EXTENSION}": {{"model": "<triton model name>"}}')
+        binding = api.get(EXTENSION, {})
+        if not isinstance(binding, dict) or not isinstance(binding.get("model", ""), str):
+            raise ConfigError(f'{where}: "{EXTENSION}" must be {{"model": "<triton model name>", "version": "..."}}')
         request, response = api.get("request") or {}, api.get("response") or {}
         content_type = _content_type(request, f"{where}.request")
         inputs = _properties(request, f"{where}.request")
@@ -98,7 +106,7 @@ def parse(doc):
             raise ConfigError(f"{where}.request: 'file' properties need {MULTIPART!r}")
         if _content_type(response, f"{where}.response") != JSON:
             raise ConfigError(f"{where}.response: only {JSON!r} responses are supported")
-        routes.append(Route(url=url, method=method, model=binding["model"], version=str(binding.get("version", "")),
+        routes.append(Route(url=url, method=method, model=binding.get("model", ""), version=str(binding.get("version", "")),
                             content_type=content_type, inputs=inputs, outputs=_properties(response, f"{where}.response")))
     return ModelArtsConfig(health_url=health_url, routes=tuple(routes))
 

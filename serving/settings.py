@@ -58,6 +58,7 @@ class Settings:
     workers: int
     graceful_timeout_s: int     # how long gunicorn lets in-flight requests finish on stop (<= 90)
     access_log: bool
+    model_bindings: str         # explicit api -> model bindings, "/url=model[:version],..." (serving/binding.py)
 
     @classmethod
     def from_env(cls):
@@ -73,4 +74,5 @@ class Settings:
             workers=_int("WORKERS", available_cpus()),   # one per core: see benchmarks/results/workers.md
             graceful_timeout_s=min(_int("GRACEFUL_TIMEOUT", 85), 90),
             access_log=_bool("ACCESS_LOG", True),
+            model_bindings=os.environ.get("MODEL_BINDINGS", ""),
         )

@@ -136,6 +136,7 @@ class ModelInfo:
     inputs: dict        # name -> (datatype, shape); shape has -1 for the batch dimension when batched
     outputs: dict       # name -> (datatype, shape)
     batched: bool       # max_batch_size > 0
+    max_batch_size: int = 0
 
 
 def model_info(c, name, version="", timeout=10.0):
@@ -149,7 +150,28 @@ def model_info(c, name, version="", timeout=10.0):
         return {t.name: (t.datatype, [int(d) for d in t.shape]) for t in items}
 
     return ModelInfo(name=name, version=version, inputs=tensors(meta.inputs), outputs=tensors(meta.outputs),
-                     batched=config.config.max_batch_size > 0)
+                     batched=config.config.max_batch_size > 0, max_batch_size=config.config.max_batch_size)
+
+
+def repository(c, timeout=10.0):
+    """{name: ModelInfo} of every ready model in Triton's repository (what serving/binding.py chooses from)."""
+    try:
+        index = c.call(c.stub.RepositoryIndex, service_pb2.RepositoryIndexRequest(ready=True), timeout)
+    except grpc.RpcError as exc:
+        raise translate(exc, timeout) from None
+    return {name: model_info(c, name, "", timeout) for name in sorted({m.name for m in index.models})}
+
+
+def bound_routes(c, config, overrides, timeout=10.0):
+    """config.json's routes bound to Triton's models, and the ModelInfo of each (model, version) they use."""
+    from . import binding
+    models = repository(c, timeout)
+    routes = binding.bind(config.routes, models, overrides)
+    infos = {}
+    for r in routes:
+        if (r.model, r.version) not in infos:
+            infos[(r.model, r.version)] = models[r.model] if not r.version else model_info(c, r.model, r.version, timeout)
+    return routes, infos
 
 
 # gRPC status -> the HTTP error the caller sees.
@@ -238,19 +260,31 @@ class Readiness:
 
 
 def main():
-    """Exit 0 when ready, 1 when not yet, 2 when config.json is unusable (waiting will not help)."""
-    from . import modelarts
+    """Exit 0 when ready, 1 when not yet, 2 when config.json cannot be served (waiting will not help)."""
+    from . import binding, modelarts
     from .errors import ConfigError
     from .settings import Settings
     settings = Settings.from_env()
     try:
-        routes = modelarts.load(settings.modelarts_config).routes
+        config = modelarts.load(settings.modelarts_config)
+        overrides = binding.parse_overrides(settings.model_bindings)
     except ConfigError as exc:
         print(f"config.json: {exc}")
         return 2
-    models = sorted({(r.model, r.version) for r in routes})
+    c = connect(settings.triton_grpc_url)
     try:
-        reason = Readiness(connect(settings.triton_grpc_url), models, settings.health_timeout_s, 0).probe()
+        reason = Readiness(c, [], settings.health_timeout_s, 0).probe()
+        if reason is None:
+            try:
+                routes, _ = bound_routes(c, config, overrides, settings.health_timeout_s)
+            except ConfigError as exc:
+                print(f"config.json: {exc}")
+                return 2
+            except ServingError as exc:
+                reason = exc.message
+            else:
+                models = sorted({(r.model, r.version) for r in routes})
+                reason = Readiness(c, models, settings.health_timeout_s, 0).probe()
     finally:
         close()
     if reason:

@@ -35,19 +35,24 @@ def image():
         assert shutil.which(tool), f"{tool} is missing: `make test` installs it (apt-get install podman runc debootstrap)"
     subprocess.run(["sh", os.path.join(ROOT, "tests", "container", "make_base.sh"), W, sys.executable],
                    check=True, timeout=900)
-    # The models' torch: a CPU wheel where pip has one at hand (the image is for GPUs, the test host has none).
+    # The models' torch: a CPU wheel where pip has one at hand (the image is for GPUs, the test host has none);
+    # tests/test_image_torch.py runs the models under the image's own torch pin.
     subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
                     "-d", os.path.join(ROOT, "wheels"), "torch==2.13.0"], check=True, timeout=900)
     started = time.monotonic()
     build = subprocess.run(
         ["sh", os.path.join(ROOT, "deploy", "build_and_push.sh"), "--region", "cn-north-4", "--org", "modelarts-test",
          "--name", "triton-modelarts", "--tag", "test", "--base-image", "localhost/triton-base:24.10",
+         "--torch", "torch==2.13.0",
          "--expected-gb", "3", "--no-push", "--", "--format", "docker", "--network", "host"],
         capture_output=True, text=True, timeout=1800, env=dict(os.environ, DOCKER=os.path.join(W, "docker")))
     assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
     print(f"\nimage built in {time.monotonic() - started:.0f}s; "
           + [line for line in build.stdout.splitlines() if line.startswith("image size:")][0])
     assert f"not pushed (--no-push): {REMOTE}" in build.stdout
+    # The GPU gate ran inside the built image: the test base is a CPU image, so it reads torch and steps aside.
+    assert "models' torch: 2.13.0+cpu, CUDA none, architectures: none; base image CUDA: none" in build.stdout
+    assert "the base image declares no CUDA_VERSION (a CPU image): GPU gate skipped" in build.stdout
     assert pm("image", "exists", REMOTE, check=False).returncode == 0
     return IMAGE
 

@@ -17,25 +17,32 @@ with open(os.path.join(ROOT, "config.json")) as f:
     SHIPPED = json.load(f)
 
 
-def test_shipped_config_binds_post_root_to_mnist():
+def test_shipped_config_serves_mnist_at_root_and_embeddings():
     config = modelarts.parse(SHIPPED)
     assert config.health_url == "/health"
-    (route,) = config.routes
-    assert (route.url, route.method, route.model, route.version) == ("/", "POST", "mnist", "")
-    assert route.content_type == "multipart/form-data"
-    assert route.inputs == (modelarts.Field("images", "file", True),)
-    assert route.outputs == (modelarts.Field("mnist_result", "integer", True),)
+    mnist, embeddings = config.routes
+    assert (mnist.url, mnist.method, mnist.model, mnist.version) == ("/", "POST", "", "")   # bound at start-up
+    assert mnist.content_type == "multipart/form-data"
+    assert mnist.inputs == (modelarts.Field("images", "file", True),)
+    assert mnist.outputs == (modelarts.Field("mnist_result", "integer", True),)
+    assert (embeddings.url, embeddings.content_type) == ("/embeddings", "application/json")
+    assert embeddings.inputs == (modelarts.Field("texts", "array", True, depth=1),)
+    assert embeddings.outputs == (modelarts.Field("embeddings", "array", True, depth=2),)
 
 
-def test_shipped_config_is_a_modelarts_model_config():
+def test_shipped_config_has_only_documented_modelarts_keys():
+    assert set(SHIPPED) <= {"model_algorithm", "model_type", "runtime", "swr_location", "apis", "metrics",
+                            "dependencies", "health"}
     assert SHIPPED["model_type"] == "Image"
-    assert SHIPPED["model_algorithm"] == "image_classification"
     assert SHIPPED["health"]["url"] == "/health"
-    api = SHIPPED["apis"][0]
-    assert api["request"]["data"]["properties"]["images"] == {"type": "file"}
-    assert api["response"]["Content-type"] == "application/json"
-    # Only the one namespaced extension key beyond ModelArts' own.
-    assert set(api) - {"protocol", "url", "method", "request", "response"} == {"x-triton"}
+    for api in SHIPPED["apis"]:
+        assert set(api) == {"protocol", "url", "method", "request", "response"}
+        assert set(api["request"]) == set(api["response"]) == {"Content-type", "data"}
+
+
+def test_shipped_config_is_what_make_config_writes():
+    from serving import generate
+    assert generate.generate(os.path.join(ROOT, "model_repository")) == SHIPPED
 
 
 def test_several_models_each_behind_its_url():
@@ -48,7 +55,8 @@ def test_several_models_each_behind_its_url():
                      "data": {"type": "object", "properties": {"embedding": {"type": "array"}}}},
     })
     routes = modelarts.parse(doc).routes
-    assert [(r.url, r.model, r.version) for r in routes] == [("/", "mnist", ""), ("/embed", "minilm", "2")]
+    assert [(r.url, r.model, r.version) for r in routes] == [("/", "", ""), ("/embeddings", "", ""),
+                                                              ("/embed", "minilm", "2")]
 
 
 def _broken(mutate):
@@ -60,7 +68,7 @@ def _broken(mutate):
 @pytest.mark.parametrize("mutate,message", [
     (lambda d: d.pop("model_type"), "'model_type' is required"),
     (lambda d: d.update(apis=[]), "'apis' must be a non-empty list"),
-    (lambda d: d["apis"][0].pop("x-triton"), '"x-triton": {"model"'),
+    (lambda d: d["apis"][0].update({"x-triton": "mnist"}), '"x-triton" must be {"model"'),
     (lambda d: d["apis"][0].update(url="predict"), "must be a path starting with '/'"),
     (lambda d: d["apis"][0].update(method="delete"), "method 'DELETE'"),
     (lambda d: d["apis"].append(copy.deepcopy(d["apis"][0])), "declared twice"),
@@ -191,3 +199,10 @@ def test_base64_string_on_a_numeric_input_carries_raw_values():
         codecs.json_tensor("x", base64.b64encode(b"abcd").decode(), "FP32", [-1, 2, 3], True, b64=True)
     with pytest.raises(BadRequest, match="needs a fixed shape"):
         codecs.json_tensor("x", base64.b64encode(b"abcd").decode(), "FP32", [-1, -1], True, b64=True)
+
+
+def test_every_folder_in_the_model_repository_is_a_model():
+    # Triton takes every folder for a model and stops on one that is not (a stray __pycache__ did this).
+    repo = os.path.join(ROOT, "model_repository")
+    folders = [d for d in os.listdir(repo) if os.path.isdir(os.path.join(repo, d))]
+    assert folders and all(os.path.isfile(os.path.join(repo, d, "config.pbtxt")) for d in folders), folders

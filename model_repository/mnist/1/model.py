@@ -112,6 +112,7 @@ class TritonPythonModel:
     def initialize(self, args):
         # The repository root holds torch_device.py, shared by the models: the GPU Triton assigns, or a clear failure.
         sys.path.insert(0, os.path.dirname(args["model_repository"]))
+        sys.dont_write_bytecode = True   # a __pycache__ beside the models would stop Triton (not a model)
         import torch_device
         self.device, where = torch_device.select(torch, args)
         if self.device.type == "cpu":

@@ -43,6 +43,7 @@ class TritonPythonModel:
     def initialize(self, args):
         # torch_device.py sits at the repository root (the bench links it there, beside the models).
         sys.path.insert(0, os.path.dirname(args["model_repository"]))
+        sys.dont_write_bytecode = True   # a __pycache__ beside the models would stop Triton (not a model)
         import torch_device
         self.device, where = torch_device.select(torch, args)
         torch.manual_seed(0)

@@ -1,0 +1,62 @@
+"""Which Triton model serves each api of config.json. Decided once, at start-up; the first rule that decides wins:
+
+1. explicit: MODEL_BINDINGS (`"/url=model[:version],..."`, outside config.json so the uploaded file keeps only
+   ModelArts' keys), or an api's own `"x-triton"` key in configs written before these rules;
+2. the URL's last path segment is the name of a model in Triton's repository (`/v1/mnist` -> `mnist`);
+3. the one model whose inputs are exactly the request's properties and whose outputs include the response's.
+
+Otherwise start-up stops with a message that names the candidates and the setting that decides.
+"""
+from dataclasses import replace
+
+from .errors import ConfigError
+
+
+def parse_overrides(text):
+    """MODEL_BINDINGS -> {url: (model, version)}."""
+    overrides = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        url, sep, target = item.partition("=")
+        model, _, version = target.strip().partition(":")
+        if not sep or not url.strip().startswith("/") or not model:
+            raise ConfigError(f"MODEL_BINDINGS: {item!r} is not '/url=model' or '/url=model:version'")
+        overrides[url.strip()] = (model, version)
+    return overrides
+
+
+def _matches(route, info):
+    return ({f.name for f in route.inputs} == set(info.inputs)
+            and {f.name for f in route.outputs} <= set(info.outputs))
+
+
+def bind(routes, models, overrides=None):
+    """routes (modelarts.Route), models {name: ModelInfo} of Triton's ready models -> routes with model set."""
+    overrides = overrides or {}
+    unknown = set(overrides) - {r.url for r in routes}
+    if unknown:
+        raise ConfigError(f"MODEL_BINDINGS names URLs that config.json does not serve: {sorted(unknown)}")
+    bound = []
+    for route in routes:
+        where = f"{route.method} {route.url}"
+        if route.url in overrides:
+            model, version = overrides[route.url]
+        elif route.model:
+            model, version = route.model, route.version
+        else:
+            segment = route.url.rstrip("/").rsplit("/", 1)[-1]
+            if segment in models:
+                model, version = segment, ""
+            else:
+                found = sorted(name for name, info in models.items() if _matches(route, info))
+                if len(found) != 1:
+                    wants = (f"inputs {sorted(f.name for f in route.inputs)} and outputs including "
+                             f"{sorted(f.name for f in route.outputs)}")
+                    what = (f"several models have {wants}: {found}" if found else
+                            f"no model is named {segment!r} or has {wants}; Triton serves {sorted(models)}")
+                    raise ConfigError(f"{where}: cannot tell which model serves it: {what}. Bind it with "
+                                      f"MODEL_BINDINGS='{route.url}=<model>'")
+                model, version = found[0], ""
+        if model not in models:
+            raise ConfigError(f"{where}: model {model!r} is not in Triton's repository {sorted(models)}")
+        bound.append(replace(route, model=model, version=version))
+    return tuple(bound)

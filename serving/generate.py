@@ -1,0 +1,102 @@
+"""Write a ModelArts config.json for a Triton model repository: one api per model, with only ModelArts' keys.
+
+    python -m serving.generate [MODEL_REPOSITORY] [--algorithm NAME] > config.json      (make config)
+
+Each model's config.pbtxt decides its api; serving/binding.py binds it back by its tensor names at start-up:
+- URL: the model's `modelarts_url` parameter, else `/<model name>`;
+- request: one property per input, named as the input. An input listed in the `modelarts_file_inputs` parameter
+  (comma-separated) is a multipart file upload, and the request is `multipart/form-data`; otherwise JSON.
+  A BYTES input is a string; a numeric input is a number (integer types: integer) or nested arrays of its dims.
+  Where a batched model's only inputs are single-element non-file items, the JSON properties are arrays: a list
+  of N values is a batch of N (as `/embeddings` takes a list of texts), and every output is then one more array;
+- response: one property per output, named as the output: a scalar for a single element, else arrays.
+"""
+import argparse
+import json
+import os
+import sys
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+_JSON_TYPE = {"BOOL": "boolean", "STRING": "string", "FP16": "number", "FP32": "number", "FP64": "number",
+            "BF16": "number"}
+
+HEALTH = {"check_method": "HTTP", "url": "/health", "protocol": "http", "initial_delay_seconds": 30,
+          "timeout_seconds": 5, "period_seconds": 10, "failure_threshold": 3}
+
+
+def read_model(path):
+    config = model_config_pb2.ModelConfig()
+    with open(os.path.join(path, "config.pbtxt")) as f:
+        text_format.Parse(f.read(), config)
+    if not config.name:
+        config.name = os.path.basename(path)
+    return config
+
+
+def _scalar(data_type):
+    name = model_config_pb2.DataType.Name(data_type).removeprefix("TYPE_")
+    return _JSON_TYPE.get(name, "integer")
+
+
+def _schema(data_type, dims, extra_levels=0):
+    """A tensor item's JSON schema: a scalar for one element, else one array level per dimension."""
+    levels = extra_levels + (0 if list(dims) in ([], [1]) else len(dims))
+    schema = {"type": _scalar(data_type)}
+    for _ in range(levels):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+def api(config):
+    params = {k: v.string_value for k, v in config.parameters.items()}
+    url = params.get("modelarts_url") or f"/{config.name}"
+    files = {s.strip() for s in params.get("modelarts_file_inputs", "").split(",") if s.strip()}
+    unknown = files - {i.name for i in config.input}
+    if unknown:
+        raise SystemExit(f"{config.name}: modelarts_file_inputs names no input: {sorted(unknown)}")
+    # A list of N is a batch of N where every input is one element per item and none is a file.
+    listed = (config.max_batch_size > 0 and not files and all(list(i.dims) == [1] for i in config.input))
+    request = {}
+    for i in config.input:
+        if i.name in files:
+            request[i.name] = {"type": "file"}
+        else:
+            request[i.name] = _schema(i.data_type, i.dims, 1 if listed else 0)
+    response = {o.name: _schema(o.data_type, o.dims, 1 if listed else 0) for o in config.output}
+    required = [i.name for i in config.input if not i.optional]
+    return {
+        "protocol": "http",
+        "url": url,
+        "method": "post",
+        "request": {"Content-type": "multipart/form-data" if files else "application/json",
+                    "data": {"type": "object", "properties": request, "required": required}},
+        "response": {"Content-type": "application/json",
+                     "data": {"type": "object", "properties": response, "required": list(response)}},
+    }
+
+
+def generate(repository, algorithm="predict_analysis"):
+    models = sorted(os.path.join(repository, d) for d in os.listdir(repository)
+                    if os.path.isfile(os.path.join(repository, d, "config.pbtxt")))
+    if not models:
+        raise SystemExit(f"no model (a folder with config.pbtxt) in {repository}")
+    apis = [api(read_model(m)) for m in models]
+    urls = [a["url"] for a in apis]
+    if len(set(urls)) != len(urls):
+        raise SystemExit(f"two models share a URL: {urls}; set modelarts_url in their config.pbtxt")
+    return {"model_algorithm": algorithm, "model_type": "Image", "apis": apis, "health": HEALTH}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("repository", nargs="?", default="model_repository")
+    parser.add_argument("--algorithm", default="predict_analysis", help="config.json's model_algorithm")
+    args = parser.parse_args()
+    json.dump(generate(args.repository, args.algorithm), sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()
