@@ -41,9 +41,11 @@ serve: install
 test: install container-tools bench-tools
 	$(STACK_ENV) $(PY) -m pytest -v $(or $(PYTEST_ARGS),tests)
 
-# config.json from the model repository (README: "make config"); MODEL_REPOSITORY=... for another one.
+# config.json from the model repository (README: "make config"): MODEL_REPOSITORY=dir for another repository,
+# CONFIG=path for another file.
+CONFIG ?= config.json
 config: install
-	$(PY) -m serving.generate $(or $(MODEL_REPOSITORY),model_repository) > config.json.tmp && mv config.json.tmp config.json
+	$(PY) -m serving.generate $(or $(MODEL_REPOSITORY),model_repository) > $(CONFIG).tmp && mv $(CONFIG).tmp $(CONFIG)
 
 train: install
 	$(PY) model_repository/mnist/train.py

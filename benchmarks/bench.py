@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 from serving.settings import available_cpus  # noqa: E402  (the product's default worker count)
 
 CLK = os.sysconf("SC_CLK_TCK")
+TEXT = "A man is riding a white horse on an enclosed ground."
 
 
 def binary_body(inputs, outputs):
@@ -98,6 +99,19 @@ def workloads(proxy, direct):
                 "application/json", expect=lambda d: d["outputs"][0]["data"] == values),
             "perf_analyzer": {"model": "identity", "data": {"INPUT0": values}},
         },
+        # Single-text requests at c=32: Triton's dynamic batching gathers them (text_embedding), or not
+        # (text_embedding_nobatch, the same model without it).
+        **{name: {
+            "proxy": Side(proxy + url, json.dumps({"texts": [TEXT]}).encode(), "application/json",
+                          prefix=b'{"embeddings": [[', expect=lambda d: len(d["embeddings"][0]) == 384),
+            "direct": Side(direct + f"/v2/models/{model}/infer", json.dumps({"inputs": [
+                {"name": "texts", "datatype": "BYTES", "shape": [1, 1], "data": [TEXT]}]}).encode(),
+                "application/json", prefix=f'{{"model_name":"{model}"'.encode(),
+                expect=lambda d: len(d["outputs"][0]["data"]) == 384),
+            "perf_analyzer": {"model": model, "data": {"texts": [TEXT]}},
+            "concurrency": [32],
+        } for name, url, model in (("embeddings", "/embeddings", "text_embedding"),
+                                   ("embeddings_nobatch", "/embeddings_nobatch", "text_embedding_nobatch"))},
         "resnet": {
             # Float results can differ in the last bits with the batch the server formed, so under load an
             # answer is checked by its start; the first answer of each side is checked in full.
@@ -191,6 +205,14 @@ def build_repository(workdir):
             if (model / "config.pbtxt").exists():
                 (repo / model.name).symlink_to(model)
     (repo / "torch_device.py").symlink_to(ROOT / "model_repository" / "torch_device.py")
+    # The embedding model again, without dynamic batching, to show what batching buys.
+    nobatch = repo / "text_embedding_nobatch"
+    nobatch.mkdir()
+    (nobatch / "1").symlink_to(ROOT / "model_repository" / "text_embedding" / "1")
+    config = (ROOT / "model_repository" / "text_embedding" / "config.pbtxt").read_text()
+    config = re.sub(r"dynamic_batching \{[^}]*\}", "", config).replace('name: "text_embedding"',
+                                                                       'name: "text_embedding_nobatch"')
+    (nobatch / "config.pbtxt").write_text(config)
     return repo
 
 
@@ -225,12 +247,15 @@ def run(args, workdir):
             answers = {side: first_answer(load[side]) for side in ("proxy", "direct")}
             for side in ("proxy", "direct"):   # warm-up: connections, the model's first batches
                 wrk(load[side], answers[side], 4, 1, workdir)
-            for i, c in enumerate(args.concurrency):
+            points = load.get("concurrency", args.concurrency)
+            if args.smoke and "concurrency" in load:
+                points = [4]
+            for i, c in enumerate(points):
                 point = {"workload": name, "concurrency": c}
                 order = ("direct", "proxy") if i % 2 == 0 else ("proxy", "direct")
                 stop, prober = threading.Event(), None
                 for side in order:
-                    if side == "proxy" and name == "identity" and c == max(args.concurrency):
+                    if side == "proxy" and name == "identity" and c == max(args.concurrency) and not args.smoke:
                         prober = threading.Thread(target=probe_health, args=(stack.url, stop, health))
                         prober.start()
                     gunicorn = stack.pids("gunicorn")
@@ -256,12 +281,36 @@ def run(args, workdir):
                       f" | direct {point['direct']['rps']:7.0f} req/s p50 {point['direct']['p50_ms']:6.2f} ms"
                       f" | ratio {point['throughput_ratio']:.2f} | proxy CPU {point['proxy_cpu_ms_per_request']:.3f}"
                       f" ms/req", flush=True)
+        isolation = None
+        if {"mnist", "embeddings"} <= set(args.workloads) and not args.smoke:
+            isolation = measure_isolation(loads, args.seconds, workdir)
     finally:
         stack.terminate()
-    return rows, health
+    return rows, health, isolation
 
 
-def report(args, rows, health):
+def measure_isolation(loads, seconds, workdir):
+    """MNIST at c=1 through the proxy, idle and while /embeddings takes 64 concurrent clients."""
+    mnist, embeddings = loads["mnist"]["proxy"], loads["embeddings"]["proxy"]
+    answer = first_answer(mnist)
+    idle = wrk(mnist, answer, 1, seconds, workdir)
+    (workdir / "busy").mkdir(exist_ok=True)
+    busy_load = []
+    flood = threading.Thread(target=lambda: busy_load.append(
+        wrk(embeddings, first_answer(embeddings), 64, seconds + 2, workdir / "busy")))
+    flood.start()
+    time.sleep(1)
+    busy = wrk(mnist, answer, 1, seconds, workdir)
+    flood.join()
+    result = {"mnist_idle_p50_ms": idle[2], "mnist_busy_p50_ms": busy[2], "p50_ratio": busy[2] / idle[2],
+              "mnist_requests_during_load": busy[0], "embedding_requests_during_load": busy_load[0][0]}
+    print(f"isolation: MNIST p50 {idle[2]:.1f} ms idle, {busy[2]:.1f} ms with /embeddings at c=64 "
+          f"(x{result['p50_ratio']:.2f}); {busy[0]} MNIST and {busy_load[0][0]} embedding requests, none failed",
+          flush=True)
+    return result
+
+
+def report(args, rows, health, isolation=None):
     lat = sorted(ms for _, ms in health)
     health_row = {"samples": len(lat), "non_200": sum(1 for s, _ in health if s != 200),
                   "p50_ms": statistics.median(lat) if lat else None,
@@ -291,8 +340,13 @@ def report(args, rows, health):
         lines += ["", f"`GET /health` during the identity c={max(args.concurrency)} proxy load: {health_row['samples']} "
                   f"probes, {health_row['non_200']} not 200, p50 {health_row['p50_ms']:.1f} ms, "
                   f"p99 {health_row['p99_ms']:.1f} ms."]
+    if isolation:
+        lines += ["", f"Isolation: MNIST at c=1 through the proxy, p50 {isolation['mnist_idle_p50_ms']:.1f} ms idle and "
+                  f"{isolation['mnist_busy_p50_ms']:.1f} ms while `/embeddings` takes 64 concurrent clients "
+                  f"(**x{isolation['p50_ratio']:.2f}**); {isolation['mnist_requests_during_load']} MNIST and "
+                  f"{isolation['embedding_requests_during_load']} embedding requests meanwhile, none failed."]
     return "\n".join(lines) + "\n", {"machine": machine, "seconds": args.seconds, "points": rows,
-                                      "health_under_load": health_row}
+                                      "health_under_load": health_row, "isolation": isolation}
 
 
 def plot(rows, path):
@@ -322,7 +376,8 @@ def plot(rows, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workloads", nargs="+", default=["mnist", "identity", "resnet"])
+    parser.add_argument("--workloads", nargs="+",
+                        default=["mnist", "identity", "resnet", "embeddings", "embeddings_nobatch"])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--seconds", type=int, default=5, help="length of one measurement")
     parser.add_argument("--workers", type=int, help="gunicorn workers (default: the product's default)")
@@ -336,11 +391,11 @@ def main():
     parser.add_argument("--smoke", action="store_true", help="2 s per point at c=1 and 4, no perf_analyzer")
     args = parser.parse_args()
     if args.smoke:
-        args.concurrency, args.seconds, args.perf_analyzer = [1, 4], 2, False
+        args.concurrency, args.seconds, args.perf_analyzer = [1, 4], 2, False   # embeddings: c=4 only
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: run `make bench`, which installs it")
-    rows, health = run(args, pathlib.Path(tempfile.mkdtemp()))
-    text, doc = report(args, rows, health)
+    rows, health, isolation = run(args, pathlib.Path(tempfile.mkdtemp()))
+    text, doc = report(args, rows, health, isolation)
     print(text)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

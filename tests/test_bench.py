@@ -14,7 +14,8 @@ def test_bench_smoke_runs_every_workload_with_right_answers(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads((tmp_path / "smoke.json").read_text())
     points = {(p["workload"], p["concurrency"]) for p in doc["points"]}
-    assert points == {(w, c) for w in ("mnist", "identity", "resnet") for c in (1, 4)}
+    assert points == ({(w, c) for w in ("mnist", "identity", "resnet") for c in (1, 4)}
+                      | {("embeddings", 4), ("embeddings_nobatch", 4)})
     for p in doc["points"]:
         assert p["proxy"]["requests"] > 0 and p["direct"]["requests"] > 0
         assert p["proxy_cpu_ms_per_request"] > 0
