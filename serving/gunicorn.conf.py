@@ -23,7 +23,12 @@ logconfig_dict = logs.logconfig()              # every log line goes to stdout, 
 
 
 def post_fork(server, worker):
-    # This worker's one Triton client, made after fork (a gRPC channel must not cross a fork).
+    # grpcio must run on gevent's hub, or its calls block the worker (grpc/grpc#15071). Patch first,
+    # then hand grpc to gevent, then create this worker's one Triton client (a channel must not cross a fork).
+    from gevent import monkey
+    monkey.patch_all()
+    import grpc.experimental.gevent as grpc_gevent
+    grpc_gevent.init_gevent()
     from serving import triton
     triton.connect(_settings.triton_grpc_url)
 

@@ -8,14 +8,11 @@ types, requested outputs), and a request only adds shapes and raw tensor bytes. 
 Run as `python -m serving.triton` it is run.sh's readiness probe: exit 0 once Triton and every model that
 config.json binds are ready.
 """
-import collections
 import sys
-import threading
 import time
 from dataclasses import dataclass
 
 import grpc
-from gevent.hub import Waiter, get_hub
 from gevent.lock import Semaphore
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
@@ -31,83 +28,22 @@ _client = None
 class Client:
     """A gRPC channel to Triton and its stub, shared by the greenlets of one worker.
 
-    Calls go through grpc's future API: starting one does not block, and grpc's own completion-queue thread
-    (a native thread: serving/worker.py leaves `threading` unpatched) runs the done-callbacks. Each callback
-    queues the result and wakes the hub through one `async_` watcher, which hands every queued result to its
-    waiting greenlet. One wake-up can carry many completions, and no call waits in gevent's thread pool
-    (grpcio's gevent integration parks a pool thread per call: 0.2 ms of CPU per request more, measured).
+    grpc runs on gevent's hub (grpc.experimental.gevent.init_gevent in gunicorn's post_fork): each call's wait
+    runs in gevent's native thread pool, so a call blocks only its own greenlet. Completing calls on grpc's own
+    thread instead (its future API, results handed to the greenlets through one async_ watcher) gave a better p50
+    and 10 % less CPU per request at high concurrency, but starved some requests: p99 2.0 s against 0.17 s at
+    c=64 (benchmarks/results/changes.md), so this path stays.
     """
 
     def __init__(self, url):
         self.channel = grpc.insecure_channel(url, options=_CHANNEL_OPTIONS)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
-        self._done = collections.deque()
-        self._wake = None
-        self._held = None
 
     def call(self, method, request, timeout):
-        """One unary RPC (`method` is a stub attribute) from a greenlet: its response, or grpc.RpcError."""
-        if self._wake is None:            # made on first use, in the hub's thread
-            self._wake = get_hub().loop.async_()
-            self._wake.start(self._deliver)
-        waiter = Waiter()
-        future = method.future(request, timeout=timeout)
-        if self._held is None:
-            self._hold_thread()
-        future.add_done_callback(lambda f: self._completed(waiter, f))
-        return waiter.get().result()
-
-    def _hold_thread(self):
-        """Keep grpc's completion-queue thread for the channel's life.
-
-        grpc ends that thread whenever its count of calls in flight drops to zero and starts a new one for the
-        next call: at low concurrency, a thread per request (measured: +0.4 ms of CPU per MNIST request at
-        concurrency 1). One extra count, taken while a call is in flight, keeps it; close() gives it back.
-        grpcio is pinned (serving/requirements.txt); where its private state is not found, this does nothing.
-        """
-        state = getattr(self.channel, "_call_state", None)
-        self._held = False
-        if state is None or not isinstance(getattr(state, "managed_calls", None), int):
-            return
-        with state.lock:
-            if state.managed_calls > 0:    # our call is in flight, so the thread runs
-                state.managed_calls += 1
-                self._held = state
-
-    def _completed(self, waiter, future):
-        # grpc's thread: queue, then wake the hub (send() does nothing while a wake-up is already pending).
-        self._done.append((waiter, future))
-        self._wake.send()
-
-    def _deliver(self):
-        # The hub: resume each waiting greenlet. A greenlet that is gone (killed) just leaves its waiter behind.
-        done = self._done
-        while done:
-            waiter, future = done.popleft()
-            waiter.switch(future)
+        """One unary RPC (`method` is a stub attribute): its response, or grpc.RpcError."""
+        return method(request, timeout=timeout)
 
     def close(self):
-        """At worker exit. grpc's thread waits on the channel's queue, which close() destroys, so the held count
-        is given back from inside that thread (a last call's done-callback runs there before grpc counts the
-        call done): the count then reaches zero, the thread ends, and the channel closes safely."""
-        state, self._held = self._held, None
-        if state:
-            here, released = threading.get_ident(), threading.Event()
-
-            def release(_):
-                if threading.get_ident() != here:      # grpc's thread; inline means the call was already done
-                    with state.lock:
-                        state.managed_calls -= 1
-                    released.set()
-
-            for _ in range(3):
-                self.stub.ServerLive.future(service_pb2.ServerLiveRequest(), timeout=1.0).add_done_callback(release)
-                if released.wait(2.0):
-                    break
-            else:
-                return   # leave the channel to the process's exit rather than destroy a queue in use
-        if self._wake is not None:
-            self._wake.stop()
         self.channel.close()
 
 

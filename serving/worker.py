@@ -1,16 +1,11 @@
-"""gunicorn's gevent worker, with two changes.
+"""gunicorn's gevent worker, with one change: at shutdown, idle keep-alive connections close at once.
 
-Native threads. gevent patches everything but `threading`: grpc's completion-queue thread and its locks
-stay native, so gRPC calls complete off the hub without gevent's thread pool (serving/triton.py). Nothing in
-the proxy holds a `threading` lock across a greenlet switch; where a lock must span a switch, it is a gevent
-lock.
-
-Idle keep-alive connections close at once at shutdown. Stock gunicorn waits for every open connection before a worker exits, and a client that holds an idle
+Stock gunicorn waits for every open connection before a worker exits, and a client that holds an idle
 keep-alive connection (keep-alive is 200 s here) makes each stop last the whole graceful timeout. This
 worker still lets every in-flight request finish; it only ends connections that sit between requests.
 """
 import gevent
-from gevent import getcurrent, monkey, socket
+from gevent import getcurrent
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 
 SHUTDOWN_IDLE_S = 1.0  # a connection accepted during shutdown still gets its first request served
@@ -38,11 +33,6 @@ class GeventWorker(_GeventWorker):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.idle = {}
-
-    def patch(self):
-        monkey.patch_all(thread=False)
-        # As gunicorn's own patch() does: the listening sockets become gevent sockets.
-        self.sockets = [socket.socket(s.FAMILY, socket.SOCK_STREAM, fileno=s.sock.detach()) for s in self.sockets]
 
     def timeout_ctx(self):
         return _IdleWait(self)
