@@ -44,7 +44,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import Stack  # noqa: E402  (the tests' way of starting run.sh)
 
 sys.path.insert(0, str(ROOT))
-from serving.settings import available_cpus  # noqa: E402  (the product's default worker count)
+try:
+    from serving.settings import available_cpus  # noqa: E402  (the product's default worker count)
+except ImportError:   # an older tree, benchmarked for a before/after comparison
+    available_cpus = os.cpu_count
 
 CLK = os.sysconf("SC_CLK_TCK")
 TEXT = "A man is riding a white horse on an enclosed ground."
@@ -197,15 +200,17 @@ def rss_mb(pid):
     return 0.0
 
 
-def build_repository(workdir):
+def build_repository(workdir, only=None):
     repo = workdir / "model_repository"
     repo.mkdir()
     for parent in (ROOT / "model_repository", HERE / "models"):
         for model in parent.iterdir():
-            if (model / "config.pbtxt").exists():
+            if (model / "config.pbtxt").exists() and (not only or model.name in only):
                 (repo / model.name).symlink_to(model)
     (repo / "torch_device.py").symlink_to(ROOT / "model_repository" / "torch_device.py")
     # The embedding model again, without dynamic batching, to show what batching buys.
+    if only:
+        return repo
     nobatch = repo / "text_embedding_nobatch"
     nobatch.mkdir()
     (nobatch / "1").symlink_to(ROOT / "model_repository" / "text_embedding" / "1")
@@ -226,8 +231,8 @@ def probe_health(url, stop, samples):
 
 
 def run(args, workdir):
-    stack = Stack(workdir, MODEL_REPOSITORY=build_repository(workdir), ACCESS_LOG=str(args.access_log).lower(),
-                  MODELARTS_CONFIG=HERE / "config.bench.json", GRACE_PERIOD="0",
+    stack = Stack(workdir, MODEL_REPOSITORY=build_repository(workdir, args.models),
+                  ACCESS_LOG=str(args.access_log).lower(), MODELARTS_CONFIG=args.config, GRACE_PERIOD="0",
                   WORKERS=str(args.workers or available_cpus())).start()
     if args.require_gpu:
         # Every torch model says where it loaded (model_repository/torch_device.py); on a GPU machine, all on cuda.
@@ -386,6 +391,9 @@ def main():
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--seconds", type=int, default=5, help="length of one measurement")
     parser.add_argument("--workers", type=int, help="gunicorn workers (default: the product's default)")
+    parser.add_argument("--config", default=str(HERE / "config.bench.json"), help="the config.json to serve")
+    parser.add_argument("--models", nargs="+", help="serve only these models (default: all, and a no-batching copy "
+                        "of text_embedding)")
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
                         help="the product's default is on")
     parser.add_argument("--perf-analyzer", action=argparse.BooleanOptionalAction, default=True)

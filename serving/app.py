@@ -95,6 +95,7 @@ def create_app(settings=None):
     for route in routes:
         check_binding(route, infos[(route.model, route.version)])
     readiness = triton.Readiness(client, infos, settings.health_timeout_s, settings.health_cache_s)
+    slots = dict(zip(infos, triton.reserve_threads(len(infos), settings.inflight_per_model)))
 
     app = Flask("serving")
     # Werkzeug refuses a larger body (413, via http_error below) before reading it.
@@ -113,7 +114,8 @@ def create_app(settings=None):
     def predict_view(route, info):
         names = [f.name for f in route.outputs]
         types = {f.name: (f.type, f.depth) for f in route.outputs}
-        call = triton.InferCall(client, info, names, settings.request_timeout_s)   # prebuilt once per route
+        call = triton.InferCall(client, info, names, settings.request_timeout_s,   # prebuilt once per route
+                                slots[(info.name, info.version)])
 
         def predict():
             tensors = decode(route, info)

@@ -58,6 +58,7 @@ class Settings:
     workers: int
     graceful_timeout_s: int     # how long gunicorn lets in-flight requests finish on stop (<= 90)
     access_log: bool
+    inflight_per_model: int     # gRPC calls in flight per model per worker; more wait their turn in the worker
     model_bindings: str         # explicit api -> model bindings, "/url=model[:version],..." (serving/binding.py)
 
     @classmethod
@@ -75,4 +76,5 @@ class Settings:
             graceful_timeout_s=min(_int("GRACEFUL_TIMEOUT", 85), 90),
             access_log=_bool("ACCESS_LOG", True),
             model_bindings=os.environ.get("MODEL_BINDINGS", ""),
+            inflight_per_model=max(1, _int("INFLIGHT_PER_MODEL", 8)),
         )
