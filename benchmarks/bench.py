@@ -236,8 +236,8 @@ def run(args, workdir):
                   WORKERS=str(args.workers or available_cpus())).start()
     if args.require_gpu:
         # Every torch model says where it loaded (model_repository/torch_device.py); on a GPU machine, all on cuda.
-        placed = re.findall(r"(mnist: loaded \S+|resnet_bench) on (\S+)", stack.log())
-        if len(placed) < 2 or any(not where.startswith("cuda") for _, where in placed):
+        placed = re.findall(r"(mnist: loaded \S+|resnet_bench|text_embedding: \S+ \(\S+\)) on (\S+)", stack.log())
+        if len(placed) < 3 or any(not where.startswith("cuda") for _, where in placed):
             stack.terminate()
             raise SystemExit(f"--require-gpu: models not all on a GPU: {placed}")
         print("models on the GPU:", placed, flush=True)

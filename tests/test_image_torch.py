@@ -50,7 +50,7 @@ def test_the_image_torch_is_built_for_cuda_12_and_names_its_architectures(image_
     assert {"sm_70", "sm_75", "sm_80", "sm_86", "sm_90"} <= set(archs.split())
 
 
-def test_mnist_answers_right_under_the_image_torch(image_python, held_out, tmp_path):
+def test_the_models_answer_right_under_the_image_torch(image_python, held_out, tmp_path):
     stack = Stack(tmp_path, MODEL_PYTHON=image_python).start()
     try:
         x, y = held_out
@@ -58,5 +58,9 @@ def test_mnist_answers_right_under_the_image_torch(image_python, held_out, tmp_p
             resp = requests.post(stack.url + "/", files={"images": ("d.png", encode(x[i]))}, timeout=30)
             assert (resp.status_code, resp.json()) == (200, {"mnist_result": int(y[i])}), i
         assert re.search(r"mnist: loaded mnist_cnn.pt on CPU \(instance kind CPU\), torch 2\.7\.1\+cu126", stack.log())
+        # The embedding model's stack (tokenizers, safetensors, torch's attention) under the same torch.
+        resp = requests.post(stack.url + "/embeddings", json={"texts": ["A man is eating food."]}, timeout=60)
+        (vector,) = resp.json()["embeddings"]
+        assert len(vector) == 384 and abs(sum(v * v for v in vector) - 1) < 1e-4
     finally:
         stack.terminate()
