@@ -42,7 +42,7 @@ class Client:
     grpc runs on gevent's hub (grpc.experimental.gevent.init_gevent in gunicorn's post_fork): each call's wait
     runs in gevent's native thread pool, so a call blocks only its own greenlet. Completing calls on grpc's own
     thread instead (its future API, results handed to the greenlets through one async_ watcher) gave a better p50
-    and 10 % less CPU per request at high concurrency, but starved some requests: p99 2.0 s against 0.17 s at
+    and about 12 % less CPU per request at c=64, but starved some requests: p99 2.0 s against 0.17 s at
     c=64 (benchmarks/results/changes.md), so this path stays.
     """
 
