@@ -20,7 +20,9 @@ GRACE_PERIOD=${GRACE_PERIOD:-60}
 GRACEFUL_TIMEOUT=${GRACEFUL_TIMEOUT:-85}   # gunicorn's drain of in-flight requests (serving/gunicorn.conf.py)
 STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-600}
 DRAIN_FILE=${DRAIN_FILE:-/tmp/serving.draining}
-export MODELARTS_CONFIG TRITON_GRPC_PORT DRAIN_FILE
+# The workers' metric files (serving/metrics.py): one fresh folder per run, removed on exit.
+PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-${TMPDIR:-/tmp}/serving-metrics.$$}
+export MODELARTS_CONFIG TRITON_GRPC_PORT TRITON_HTTP_PORT TRITON_METRICS_PORT DRAIN_FILE PROMETHEUS_MULTIPROC_DIR
 export PYTHONPATH="$APP_HOME${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
 log() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) run.sh: $*"; }
@@ -93,6 +95,8 @@ shutdown() {
 }
 
 rm -f "$DRAIN_FILE"
+rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+trap 'rm -rf "$PROMETHEUS_MULTIPROC_DIR"' EXIT
 model_bin=$(dirname "$(command -v "$MODEL_PYTHON")")
 log "starting Triton: repository $MODEL_REPOSITORY, models' python $model_bin/python3"
 # Triton's python backend embeds the python3 found first on PATH, hence the PATH.

@@ -10,7 +10,9 @@ import os
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import binding, codecs, modelarts, triton
+from . import binding, codecs, modelarts, openapi, triton, v2
+from .front import Front
+from .metrics import Metrics
 from .errors import BadRequest, ConfigError, ServingError, UnsupportedMediaType
 from .settings import Settings
 
@@ -96,6 +98,10 @@ def create_app(settings=None):
         check_binding(route, infos[(route.model, route.version)])
     readiness = triton.Readiness(client, infos, settings.health_timeout_s, settings.health_cache_s)
     slots = dict(zip(infos, triton.reserve_threads(len(infos), settings.inflight_per_model)))
+    metrics = Metrics(settings.triton_metrics_url) if settings.metrics else None
+    on_error = metrics.triton_error if metrics else None
+    spec = json.dumps(openapi.document(config, routes, title=f"{config.model_algorithm or 'Inference'} service",
+                                       metrics=settings.metrics), indent=1).encode()
 
     app = Flask("serving")
     # Werkzeug refuses a larger body (413, via http_error below) before reading it.
@@ -115,7 +121,7 @@ def create_app(settings=None):
         names = [f.name for f in route.outputs]
         types = {f.name: (f.type, f.depth) for f in route.outputs}
         call = triton.InferCall(client, info, names, settings.request_timeout_s,   # prebuilt once per route
-                                slots[(info.name, info.version)])
+                                slots[(info.name, info.version)], on_error)
 
         def predict():
             tensors = decode(route, info)
@@ -131,6 +137,10 @@ def create_app(settings=None):
                          view_func=predict_view(route, infos[(route.model, route.version)]))
         log.info("route %s %s -> model %r (inputs %s; outputs %s)", route.method, route.url, route.model,
                  [f.name for f in route.inputs], [f.name for f in route.outputs])
+
+    @app.get("/openapi.json")
+    def openapi_json():
+        return Response(spec, mimetype="application/json")
 
     @app.errorhandler(ServingError)
     def serving_error(exc):
@@ -153,4 +163,11 @@ def create_app(settings=None):
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _json({"error": "internal error"}, 500)
 
+    upstream = None
+    if settings.kserve_v2:
+        upstream = v2.Upstream("127.0.0.1", settings.triton_http_port, settings.v2_connections,
+                               settings.request_timeout_s, settings.max_body_bytes, on_error)
+    urls = [config.health_url, "/openapi.json", "/metrics"] + [r.url for r in routes]
+    app.wsgi_app = Front(app.wsgi_app, upstream, metrics, urls)
+    app.extensions["serving.upstream"] = upstream
     return app

@@ -38,6 +38,11 @@ def worker_exit(server, worker):
     triton.close()
 
 
+def child_exit(server, worker):
+    from serving import metrics
+    metrics.worker_exit(worker.pid)
+
+
 def on_exit(server):
     server.log.info("gunicorn stopped")
     sys.stdout.flush()

@@ -6,7 +6,7 @@
   name it in an api's `"x-triton": {"model": ..., "version": ...}` key, which is honoured as an explicit binding.
 """
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
@@ -14,6 +14,8 @@ EXTENSION = "x-triton"
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
 METHODS = ("GET", "POST", "PUT")
+# The proxy's own paths, which no api may take: /metrics, /openapi.json and the KServe v2 pass-through.
+RESERVED = ("/metrics", "/openapi.json")
 
 
 @dataclass(frozen=True)
@@ -34,12 +36,15 @@ class Route:
     content_type: str                # what the request body must be
     inputs: tuple                    # Field per request property = Triton input
     outputs: tuple                   # Field per response property = Triton output
+    request_schema: dict = field(default=None, compare=False)    # the api's request.data, as written
+    response_schema: dict = field(default=None, compare=False)   # the api's response.data, as written
 
 
 @dataclass(frozen=True)
 class ModelArtsConfig:
     health_url: str
     routes: tuple
+    model_algorithm: str = ""
 
 
 def _properties(block, where):
@@ -91,6 +96,8 @@ def parse(doc):
         url, method = api.get("url"), str(api.get("method", "post")).upper()
         if not isinstance(url, str) or not url.startswith("/"):
             raise ConfigError(f"{where}: 'url' must be a path starting with '/'")
+        if url in RESERVED or url == "/v2" or url.startswith("/v2/"):
+            raise ConfigError(f"{where}: url {url} is the proxy's own (/metrics, /openapi.json, /v2/...)")
         if method not in METHODS:
             raise ConfigError(f"{where}: method {method!r} is not one of {METHODS}")
         if (url, method) in seen or url == health_url:
@@ -107,8 +114,9 @@ def parse(doc):
         if _content_type(response, f"{where}.response") != JSON:
             raise ConfigError(f"{where}.response: only {JSON!r} responses are supported")
         routes.append(Route(url=url, method=method, model=binding.get("model", ""), version=str(binding.get("version", "")),
-                            content_type=content_type, inputs=inputs, outputs=_properties(response, f"{where}.response")))
-    return ModelArtsConfig(health_url=health_url, routes=tuple(routes))
+                            content_type=content_type, inputs=inputs, outputs=_properties(response, f"{where}.response"),
+                            request_schema=request["data"], response_schema=response["data"]))
+    return ModelArtsConfig(health_url=health_url, routes=tuple(routes), model_algorithm=doc["model_algorithm"])
 
 
 def load(path):

@@ -49,6 +49,8 @@ def _bool(name, default):
 class Settings:
     modelarts_config: str       # the ModelArts config.json whose apis become routes
     triton_grpc_url: str        # Triton's private gRPC endpoint
+    triton_http_port: int       # Triton's private HTTP port, behind the KServe v2 pass-through
+    triton_metrics_url: str     # Triton's private metrics, appended to /metrics
     request_timeout_s: float    # deadline of one predict call to Triton (ModelArts fails sync calls at 60 s)
     health_timeout_s: float     # deadline of one readiness probe to Triton
     health_cache_s: float       # how long one readiness answer is reused, so /health stays cheap under load
@@ -60,12 +62,17 @@ class Settings:
     access_log: bool
     inflight_per_model: int     # gRPC calls in flight per model per worker; more wait their turn in the worker
     model_bindings: str         # explicit api -> model bindings, "/url=model[:version],..." (serving/binding.py)
+    metrics: bool               # /metrics and the per-request series behind it
+    kserve_v2: bool             # the /v2/... pass-through to Triton's HTTP API (serving/v2.py)
+    v2_connections: int         # keep-alive connections to Triton's HTTP port per worker
 
     @classmethod
     def from_env(cls):
         return cls(
             modelarts_config=os.environ.get("MODELARTS_CONFIG") or os.path.join(ROOT, "config.json"),
             triton_grpc_url=f"127.0.0.1:{_int('TRITON_GRPC_PORT', 8001)}",
+            triton_http_port=_int("TRITON_HTTP_PORT", 8000),
+            triton_metrics_url=f"http://127.0.0.1:{_int('TRITON_METRICS_PORT', 8002)}/metrics",
             request_timeout_s=_float("REQUEST_TIMEOUT", 30.0),
             health_timeout_s=_float("HEALTH_TIMEOUT", 2.0),
             health_cache_s=_float("HEALTH_CACHE", 1.0),
@@ -77,4 +84,7 @@ class Settings:
             access_log=_bool("ACCESS_LOG", True),
             model_bindings=os.environ.get("MODEL_BINDINGS", ""),
             inflight_per_model=max(1, _int("INFLIGHT_PER_MODEL", 8)),
+            metrics=_bool("METRICS", True),
+            kserve_v2=_bool("KSERVE_V2", True),
+            v2_connections=max(1, _int("V2_CONNECTIONS", 64)),
         )

@@ -132,6 +132,10 @@ _STATUS = {
 }
 
 
+_KIND = {grpc.StatusCode.DEADLINE_EXCEEDED: "deadline", grpc.StatusCode.UNAVAILABLE: "unavailable",
+         grpc.StatusCode.CANCELLED: "unavailable"}
+
+
 def translate(exc, timeout):
     """A grpc.RpcError -> the ServingError the caller sees."""
     code = exc.code()
@@ -148,8 +152,9 @@ def translate(exc, timeout):
 class InferCall:
     """One route's call to its model: the request prebuilt once, filled per request."""
 
-    def __init__(self, c, info, output_names, timeout, slots):
+    def __init__(self, c, info, output_names, timeout, slots, on_error=None):
         self.call, self.infer, self.info, self.timeout = c.call, c.stub.ModelInfer, info, timeout
+        self.on_error = on_error or (lambda kind: None)   # metrics: proxy_triton_errors_total{kind}
         self.slots = slots   # this model's calls in flight from this worker (shared by its routes)
         self.template = service_pb2.ModelInferRequest(
             model_name=info.name, model_version=info.version,
@@ -168,6 +173,7 @@ class InferCall:
             with self.slots:
                 response = self.call(self.infer, request, self.timeout)
         except grpc.RpcError as exc:
+            self.on_error(_KIND.get(exc.code()) or exc.code().name.lower())
             raise translate(exc, self.timeout) from None
         return {out.name: codecs.from_raw(raw, out.datatype, out.shape)
                 for out, raw in zip(response.outputs, response.raw_output_contents)}

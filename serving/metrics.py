@@ -1,0 +1,82 @@
+"""`/metrics` in the Prometheus text format: the proxy's own series, then Triton's, in one scrape.
+
+The proxy's series are kept with prometheus_client's multiprocess mode: each gunicorn worker writes its values
+to its own memory-mapped file under PROMETHEUS_MULTIPROC_DIR (run.sh makes it empty at start), and a scrape,
+whichever worker answers it, sums them. A request pays a few in-memory writes, no syscall and no IPC; a worker
+that is replaced keeps its counts in its file. Without PROMETHEUS_MULTIPROC_DIR (one process, as in unit
+tests) the values live in memory.
+
+Series (labels are bounded: `url` is a config.json url, /health, /metrics, /openapi.json, a v2 endpoint
+template such as /v2/models/{model}/infer, or "other"; `method` is one of the HTTP methods or "other"):
+- proxy_requests_total{url, method, status}
+- proxy_request_duration_seconds{url}: a histogram, up to the moment the answer starts
+- proxy_inflight_requests: requests being handled, summed over live workers
+- proxy_triton_errors_total{kind}: calls to Triton that failed (deadline, unavailable, protocol, or the gRPC
+  status, e.g. invalid_argument, internal)
+"""
+import os
+
+PATH = "/metrics"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+METHODS = frozenset(("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"))
+# Seconds; ModelArts ends a synchronous call at 60 s.
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self, triton_metrics_url, timeout=2.0):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        own = None if self.multiprocess else CollectorRegistry()
+        self.registry = own
+        self.requests = Counter("proxy_requests", "HTTP requests answered by the proxy",
+                                ["url", "method", "status"], registry=own)
+        self.duration = Histogram("proxy_request_duration_seconds", "Time to answer, by url", ["url"],
+                                  buckets=BUCKETS, registry=own)
+        self.inflight = Gauge("proxy_inflight_requests", "Requests being handled", registry=own,
+                              multiprocess_mode="livesum")
+        self.triton_errors = Counter("proxy_triton_errors", "Calls to Triton that failed, by kind", ["kind"],
+                                     registry=own)
+        self.triton_metrics_url, self.timeout = triton_metrics_url, timeout
+        self._counters, self._histograms = {}, {}
+
+    def observe(self, url, method, status, seconds):
+        """One answered request. The labelled children are looked up once and kept."""
+        key = (url, method, status)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.requests.labels(url, method if method in METHODS else "other", status)
+        counter.inc()
+        histogram = self._histograms.get(url)
+        if histogram is None:
+            histogram = self._histograms[url] = self.duration.labels(url)
+        histogram.observe(seconds)
+
+    def triton_error(self, kind):
+        self.triton_errors.labels(kind).inc()
+
+    def render(self):
+        """The scrape: the proxy's series, then Triton's own (or a comment saying why they are missing)."""
+        from prometheus_client import CollectorRegistry, generate_latest
+        if self.multiprocess:
+            from prometheus_client import multiprocess
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        else:
+            registry = self.registry
+        return generate_latest(registry) + self._triton()
+
+    def _triton(self):
+        import urllib.request
+        try:
+            with urllib.request.urlopen(self.triton_metrics_url, timeout=self.timeout) as answer:
+                return answer.read()
+        except Exception as exc:   # Triton down or slow: the proxy's own series still come back
+            return f"# Triton's metrics ({self.triton_metrics_url}) are unavailable: {exc}\n".encode()
+
+
+def worker_exit(pid):
+    """A worker is gone: its gauge leaves the live sum (gunicorn's child_exit, in the master)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+        multiprocess.mark_process_dead(pid)
