@@ -161,8 +161,9 @@ def wrk(side, answer, concurrency, seconds, workdir):
     return int(m[1]), float(m[2]), int(m[3]) / 1000, int(m[4]) / 1000
 
 
-def perf_analyzer(spec, grpc_url, concurrency, seconds, workdir):
-    """Direct Triton over gRPC: (req/s, p50 ms, p99 ms), or None where perf_analyzer cannot run here."""
+def perf_analyzer(spec, url, concurrency, seconds, workdir, protocol="grpc"):
+    """perf_analyzer against `url` (Triton's gRPC or HTTP port, or the proxy's KServe v2 pass-through):
+    (req/s, p50 ms, p99 ms), or None where perf_analyzer cannot run here."""
     exe = os.path.join(os.path.dirname(sys.executable), "perf_analyzer")
     if not os.path.exists(exe):
         return None
@@ -170,7 +171,7 @@ def perf_analyzer(spec, grpc_url, concurrency, seconds, workdir):
     inputs.write_text(json.dumps({"data": [spec["data"]]}))
     out = workdir / "pa.csv"
     env = dict(os.environ, LD_LIBRARY_PATH=os.path.join(sysconfig.get_paths()["purelib"], "nvidia", "cuda_runtime", "lib"))
-    cmd = [exe, "-m", spec["model"], "-i", "grpc", "-u", grpc_url, "--input-data", str(inputs),
+    cmd = [exe, "-m", spec["model"], "-i", protocol, "-u", url, "--input-data", str(inputs),
            "--concurrency-range", f"{concurrency}:{concurrency}", "--measurement-interval", str(seconds * 1000),
            "--stability-percentage", "100", "--max-trials", "3", "-f", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -289,9 +290,65 @@ def run(args, workdir):
         isolation = None
         if {"mnist", "embeddings"} <= set(args.workloads) and not args.smoke:
             isolation = measure_isolation(loads, args.seconds, workdir)
+        v2 = []
+        if args.perf_analyzer and args.v2:
+            v2 = measure_v2(loads, args, stack, direct, workdir)
     finally:
         stack.terminate()
-    return rows, health, isolation
+    return rows, health, isolation, v2
+
+
+def measure_v2(loads, args, stack, direct, workdir):
+    """perf_analyzer over HTTP, with the same flags, against the proxy's KServe v2 pass-through (:8080/v2/...)
+    and against Triton's own HTTP port, alternating."""
+    rows = []
+    for name in [w for w in ("identity", "mnist") if w in args.workloads]:
+        spec = loads[name]["perf_analyzer"]
+        for i, c in enumerate(args.v2_concurrency):
+            point = {"workload": name, "model": spec["model"], "concurrency": c}
+            order = (("direct", direct), ("proxy", stack.url)) if i % 2 == 0 else (("proxy", stack.url), ("direct", direct))
+            for side, url in order:
+                rps, p50, p99 = perf_analyzer(spec, url.replace("http://", ""), c, args.seconds, workdir, "http")
+                point[side] = {"rps": rps, "p50_ms": p50, "p99_ms": p99}
+            point["throughput_ratio"] = point["proxy"]["rps"] / point["direct"]["rps"]
+            rows.append(point)
+            print(f"v2 {name:9} c={c:<3} perf_analyzer http: proxy {point['proxy']['rps']:7.0f} req/s "
+                  f"p50 {point['proxy']['p50_ms']:6.2f} ms | direct {point['direct']['rps']:7.0f} req/s "
+                  f"p50 {point['direct']['p50_ms']:6.2f} ms | ratio {point['throughput_ratio']:.2f}", flush=True)
+    return rows
+
+
+def measure_metrics_cost(args, workdir, rounds=3, concurrency=16):
+    """What /metrics' per-request series cost: CPU per request on the identity route, with METRICS on and off, two
+    stacks side by side (only one under load at a time), alternating."""
+    config = json.loads(pathlib.Path(args.config).read_text())
+    config["apis"] = [a for a in config["apis"] if a["url"] == "/identity"]
+    stacks = {}
+    try:
+        for flag in ("true", "false"):
+            d = workdir / f"metrics-{flag}"
+            d.mkdir()
+            (d / "config.json").write_text(json.dumps(config))
+            stacks[flag] = Stack(d, MODEL_REPOSITORY=build_repository(d, ["identity"]), MODELARTS_CONFIG=d / "config.json",
+                                 METRICS=flag, ACCESS_LOG=str(args.access_log).lower(), GRACE_PERIOD="0",
+                                 WORKERS=str(args.workers or available_cpus())).start()
+        cost = {"true": [], "false": []}
+        for r in range(rounds):
+            for flag in (("true", "false") if r % 2 == 0 else ("false", "true")):
+                stack = stacks[flag]
+                side = workloads(stack.url, "http://unused")["identity"]["proxy"]
+                answer = first_answer(side)
+                gunicorn = stack.pids("gunicorn")
+                cpu0 = proc_cpu(gunicorn)
+                n = wrk(side, answer, concurrency, args.seconds, workdir)[0]
+                cost[flag].append((proc_cpu(gunicorn) - cpu0) / n * 1000)
+    finally:
+        for stack in stacks.values():
+            stack.terminate()
+    on, off = statistics.median(cost["true"]), statistics.median(cost["false"])
+    print(f"metrics cost: identity c={concurrency}, proxy CPU {on:.3f} ms/req with METRICS on, {off:.3f} off "
+          f"(x{on / off:.3f}); rounds {cost}", flush=True)
+    return {"concurrency": concurrency, "rounds": cost, "on_ms": on, "off_ms": off, "ratio": on / off}
 
 
 def measure_isolation(loads, seconds, workdir):
@@ -319,7 +376,7 @@ def measure_isolation(loads, seconds, workdir):
     return result
 
 
-def report(args, rows, health, isolation=None):
+def report(args, rows, health, isolation=None, v2=()):
     lat = sorted(ms for _, ms in health)
     health_row = {"samples": len(lat), "non_200": sum(1 for s, _ in health if s != 200),
                   "p50_ms": statistics.median(lat) if lat else None,
@@ -355,8 +412,20 @@ def report(args, rows, health, isolation=None):
                   f"through the proxy {p['mnist_idle_p50_ms']:.1f} -> {p['mnist_busy_p50_ms']:.1f} ms "
                   f"(**x{p['p50_ratio']:.2f}**), straight to Triton {d['mnist_idle_p50_ms']:.1f} -> "
                   f"{d['mnist_busy_p50_ms']:.1f} ms (**x{d['p50_ratio']:.2f}**); no request failed."]
+    if v2:
+        lines += ["", "## perf_analyzer through the proxy's KServe v2 pass-through", "",
+                  "perf_analyzer over HTTP with the same flags against `<proxy>:8080` (`/v2/...`) and against Triton's "
+                  "own HTTP port, alternating. Goal: proxy/direct >= 0.8.", "",
+                  "| model | c | direct req/s | proxy req/s | **proxy/direct** | direct p50 ms | proxy p50 ms "
+                  "| direct p99 ms | proxy p99 ms |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in v2:
+            d, p = r["direct"], r["proxy"]
+            lines.append(f"| {r['model']} | {r['concurrency']} | {d['rps']:.0f} | {p['rps']:.0f} "
+                         f"| **{r['throughput_ratio']:.2f}** | {d['p50_ms']:.2f} | {p['p50_ms']:.2f} "
+                         f"| {d['p99_ms']:.2f} | {p['p99_ms']:.2f} |")
     return "\n".join(lines) + "\n", {"machine": machine, "seconds": args.seconds, "points": rows,
-                                      "health_under_load": health_row, "isolation": isolation}
+                                      "health_under_load": health_row, "isolation": isolation, "v2": list(v2)}
 
 
 def plot(rows, path):
@@ -397,6 +466,11 @@ def main():
     parser.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True,
                         help="the product's default is on")
     parser.add_argument("--perf-analyzer", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--v2", action=argparse.BooleanOptionalAction, default=True,
+                        help="perf_analyzer over HTTP through the proxy's /v2 and straight to Triton")
+    parser.add_argument("--v2-concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--metrics-cost", action="store_true",
+                        help="only measure what METRICS=true costs per request (identity route, on vs off)")
     parser.add_argument("--gpu", default="", help="the GPU's name, for the report")
     parser.add_argument("--require-gpu", action="store_true", help="fail unless every torch model loaded on cuda")
     parser.add_argument("--name", default="bench", help="results/<name>.{json,md,png}")
@@ -407,8 +481,13 @@ def main():
         args.concurrency, args.seconds, args.perf_analyzer = [1, 4], 2, False   # embeddings: c=4 only
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: run `make bench`, which installs it")
-    rows, health, isolation = run(args, pathlib.Path(tempfile.mkdtemp()))
-    text, doc = report(args, rows, health, isolation)
+    if args.metrics_cost:
+        result = measure_metrics_cost(args, pathlib.Path(tempfile.mkdtemp()))
+        out = pathlib.Path(args.out)
+        (out / "metrics_cost.json").write_text(json.dumps(result, indent=2) + "\n")
+        return
+    rows, health, isolation, v2 = run(args, pathlib.Path(tempfile.mkdtemp()))
+    text, doc = report(args, rows, health, isolation, v2)
     print(text)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

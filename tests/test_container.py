@@ -3,6 +3,7 @@
 The base is tests/container's stand-in for the NGC Triton image; the product Dockerfile is built on it through
 deploy/build_and_push.sh, the ECS script, then started without overriding its command or user.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -121,6 +122,44 @@ def test_runs_as_ma_user_with_the_batch_tools(container):
     assert out == ["1000", "ma-user", "100", "obs-mount-writable", "tools-present", "1.26.4"]
 
 
+LISTENERS = r"""
+import glob, os, json
+inodes = set()
+for fd in glob.glob("/proc/[0-9]*/fd/*"):
+    try:
+        target = os.readlink(fd)
+    except OSError:
+        continue
+    if target.startswith("socket:["):
+        inodes.add(target[8:-1])
+found = []
+for table, family in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 6)):
+    for line in open(table).read().splitlines()[1:]:
+        f = line.split()
+        if f[3] != "0A" or f[9] not in inodes:   # 0A: LISTEN; only this container's own sockets
+            continue
+        addr, port = f[1].split(":")
+        raw = bytes.fromhex(addr)
+        if family == 4:
+            ip = ".".join(str(b) for b in raw[::-1])
+        else:
+            words = [raw[i:i + 4][::-1] for i in range(0, 16, 4)]
+            ip = ":".join(b.hex() for b in words)
+        found.append([ip, int(port, 16)])
+print(json.dumps(found))
+"""
+
+
+def test_only_the_proxy_port_listens_outside_loopback(container):
+    name, url = container
+    port = int(url.rsplit(":", 1)[1])
+    listening = json.loads(pm("exec", name, "python3", "-c", LISTENERS).stdout)
+    loopback = ("127.", "00000000:00000000:0000ffff:7f", "00000000:00000000:00000000:00000001")   # v4, v4 in v6, ::1
+    outside = sorted({(ip, p) for ip, p in listening if not ip.startswith(loopback)})
+    assert outside == [("0.0.0.0", port)], listening
+    assert len(listening) >= 4, listening   # Triton's HTTP, gRPC and metrics ports are there, on loopback
+
+
 def test_stop_drains_then_stops_gunicorn_then_triton(container):
     name, url = container
     started = time.monotonic()
@@ -136,3 +175,4 @@ def test_stop_drains_then_stops_gunicorn_then_triton(container):
     assert positions == sorted(positions), dict(zip(marks, positions))
     print(f"\npodman stop took {stopped_in:.1f}s with a {GRACE}s grace period")
     assert GRACE <= stopped_in < GRACE + 30
+
