@@ -318,37 +318,39 @@ def measure_v2(loads, args, stack, direct, workdir):
     return rows
 
 
-def measure_metrics_cost(args, workdir, rounds=3, concurrency=16):
-    """What /metrics' per-request series cost: CPU per request on the identity route, with METRICS on and off, two
-    stacks side by side (only one under load at a time), alternating."""
+def measure_ab(args, workdir, a, b, rounds=3, concurrency=16):
+    """CPU per request on the identity route under two settings, e.g. METRICS=true against METRICS=false: two
+    stacks side by side (only one under load at a time), alternating. Returns {"a": ..., "b": ..., "ratio": a/b}."""
     config = json.loads(pathlib.Path(args.config).read_text())
-    config["apis"] = [a for a in config["apis"] if a["url"] == "/identity"]
-    stacks = {}
+    config["apis"] = [api for api in config["apis"] if api["url"] == "/identity"]
+    stacks, cost = {}, {"a": [], "b": []}
     try:
-        for flag in ("true", "false"):
-            d = workdir / f"metrics-{flag}"
+        for key, setting in (("a", a), ("b", b)):
+            d = workdir / f"ab-{key}"
             d.mkdir()
             (d / "config.json").write_text(json.dumps(config))
-            stacks[flag] = Stack(d, MODEL_REPOSITORY=build_repository(d, ["identity"]), MODELARTS_CONFIG=d / "config.json",
-                                 METRICS=flag, ACCESS_LOG=str(args.access_log).lower(), GRACE_PERIOD="0",
-                                 WORKERS=str(args.workers or available_cpus())).start()
-        cost = {"true": [], "false": []}
+            env = dict(MODEL_REPOSITORY=build_repository(d, ["identity"]), MODELARTS_CONFIG=d / "config.json",
+                       ACCESS_LOG=str(args.access_log).lower(), GRACE_PERIOD="0",
+                       WORKERS=str(args.workers or available_cpus()))
+            env.update(kv.split("=", 1) for kv in setting.split())
+            stacks[key] = Stack(d, **env).start()
         for r in range(rounds):
-            for flag in (("true", "false") if r % 2 == 0 else ("false", "true")):
-                stack = stacks[flag]
+            for key in (("a", "b") if r % 2 == 0 else ("b", "a")):
+                stack = stacks[key]
                 side = workloads(stack.url, "http://unused")["identity"]["proxy"]
                 answer = first_answer(side)
+                wrk(side, answer, 4, 1, workdir)   # warm-up
                 gunicorn = stack.pids("gunicorn")
                 cpu0 = proc_cpu(gunicorn)
                 n = wrk(side, answer, concurrency, args.seconds, workdir)[0]
-                cost[flag].append((proc_cpu(gunicorn) - cpu0) / n * 1000)
+                cost[key].append((proc_cpu(gunicorn) - cpu0) / n * 1000)
     finally:
         for stack in stacks.values():
             stack.terminate()
-    on, off = statistics.median(cost["true"]), statistics.median(cost["false"])
-    print(f"metrics cost: identity c={concurrency}, proxy CPU {on:.3f} ms/req with METRICS on, {off:.3f} off "
-          f"(x{on / off:.3f}); rounds {cost}", flush=True)
-    return {"concurrency": concurrency, "rounds": cost, "on_ms": on, "off_ms": off, "ratio": on / off}
+    ma, mb = statistics.median(cost["a"]), statistics.median(cost["b"])
+    print(f"A/B, identity route c={concurrency}, proxy CPU ms/request (median of {rounds}): {a!r} {ma:.3f}, "
+          f"{b!r} {mb:.3f}: x{ma / mb:.3f}; rounds {cost}", flush=True)
+    return {"a": a, "b": b, "concurrency": concurrency, "rounds": cost, "a_ms": ma, "b_ms": mb, "ratio": ma / mb}
 
 
 def measure_isolation(loads, seconds, workdir):
@@ -469,8 +471,9 @@ def main():
     parser.add_argument("--v2", action=argparse.BooleanOptionalAction, default=True,
                         help="perf_analyzer over HTTP through the proxy's /v2 and straight to Triton")
     parser.add_argument("--v2-concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--metrics-cost", action="store_true",
-                        help="only measure what METRICS=true costs per request (identity route, on vs off)")
+    parser.add_argument("--ab", nargs=2, metavar=("A", "B"),
+                        help='only compare the CPU per request under two settings, e.g. --ab METRICS=true METRICS=false')
+    parser.add_argument("--rounds", type=int, default=3, help="--ab: measurements per side")
     parser.add_argument("--gpu", default="", help="the GPU's name, for the report")
     parser.add_argument("--require-gpu", action="store_true", help="fail unless every torch model loaded on cuda")
     parser.add_argument("--name", default="bench", help="results/<name>.{json,md,png}")
@@ -481,10 +484,9 @@ def main():
         args.concurrency, args.seconds, args.perf_analyzer = [1, 4], 2, False   # embeddings: c=4 only
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: run `make bench`, which installs it")
-    if args.metrics_cost:
-        result = measure_metrics_cost(args, pathlib.Path(tempfile.mkdtemp()))
-        out = pathlib.Path(args.out)
-        (out / "metrics_cost.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.ab:
+        result = measure_ab(args, pathlib.Path(tempfile.mkdtemp()), *args.ab, rounds=args.rounds)
+        (pathlib.Path(args.out) / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
         return
     rows, health, isolation, v2 = run(args, pathlib.Path(tempfile.mkdtemp()))
     text, doc = report(args, rows, health, isolation, v2)

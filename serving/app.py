@@ -99,6 +99,10 @@ def create_app(settings=None):
     readiness = triton.Readiness(client, infos, settings.health_timeout_s, settings.health_cache_s)
     slots = dict(zip(infos, triton.reserve_threads(len(infos), settings.inflight_per_model)))
     metrics = Metrics(settings.triton_metrics_url) if settings.metrics else None
+    if metrics is not None:
+        from gevent import monkey
+        if monkey.is_module_patched("socket"):   # a gunicorn worker; elsewhere (tests) each scrape flushes
+            metrics.run_flusher()
     on_error = metrics.triton_error if metrics else None
     spec = json.dumps(openapi.document(config, routes, title=f"{config.model_algorithm or 'Inference'} service",
                                        metrics=settings.metrics), indent=1).encode()

@@ -54,19 +54,20 @@ class Front:
             status = line[:3]
             return start_response(line, headers, exc_info)
 
-        m.inflight.inc()
-        try:
-            if is_v2 and self.upstream is not None:
-                body = self.v2(environ, start)
-                url = environ.get("serving.v2_endpoint", "/v2 (refused)")
-            else:
-                if path == metrics_mod.PATH:
-                    body = self.scrape(environ, start)
+        if path == metrics_mod.PATH:   # a scrape is not traffic: counted, timed, but not in flight
+            body = self.scrape(environ, start)
+            url = path
+        else:
+            m.inflight_now += 1
+            try:
+                if is_v2 and self.upstream is not None:
+                    body = self.v2(environ, start)
+                    url = environ.get("serving.v2_endpoint", "/v2 (refused)")
                 else:
                     body = self.app(environ, start)
-                url = self.urls.get(path, "other")
-        finally:
-            m.inflight.dec()
+                    url = self.urls.get(path, "other")
+            finally:
+                m.inflight_now -= 1
         m.observe(url, environ.get("REQUEST_METHOD", ""), status, time.perf_counter() - started)
         return body
 

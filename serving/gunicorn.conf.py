@@ -34,7 +34,8 @@ def post_fork(server, worker):
 
 
 def worker_exit(server, worker):
-    from serving import triton
+    from serving import metrics, triton
+    metrics.flush()
     triton.close()
 
 

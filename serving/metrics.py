@@ -2,9 +2,14 @@
 
 The proxy's series are kept with prometheus_client's multiprocess mode: each gunicorn worker writes its values
 to its own memory-mapped file under PROMETHEUS_MULTIPROC_DIR (run.sh makes it empty at start), and a scrape,
-whichever worker answers it, sums them. A request pays a few in-memory writes, no syscall and no IPC; a worker
-that is replaced keeps its counts in its file. Without PROMETHEUS_MULTIPROC_DIR (one process, as in unit
-tests) the values live in memory.
+whichever worker answers it, sums them. A worker that is replaced keeps its counts in its file. Without
+PROMETHEUS_MULTIPROC_DIR (one process, as in unit tests) the values live in memory.
+
+A request only adds to plain counters in its worker (a dict entry and a histogram slot); each worker moves them
+into its file once a second (FLUSH_S), at each scrape it answers, and when it exits. Writing the files on every
+request instead cost 6 % of the proxy's CPU per request on the identity route; this costs under 1 %
+(benchmarks/results/changes.md). The price: a scrape may miss the last second of another worker's requests,
+and a worker killed with SIGKILL loses its last second.
 
 Series (labels are bounded: `url` is a config.json url, /health, /metrics, /openapi.json, a v2 endpoint
 template such as /v2/models/{model}/infer, or "other"; `method` is one of the HTTP methods or "other"):
@@ -15,12 +20,15 @@ template such as /v2/models/{model}/infer, or "other"; `method` is one of the HT
   status, e.g. invalid_argument, internal)
 """
 import os
+from bisect import bisect_left
 
 PATH = "/metrics"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 METHODS = frozenset(("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"))
 # Seconds; ModelArts ends a synchronous call at 60 s.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+FLUSH_S = 1.0
+_active = None   # this process's Metrics, for worker_exit's last flush
 
 
 class Metrics:
@@ -38,19 +46,44 @@ class Metrics:
         self.triton_errors = Counter("proxy_triton_errors", "Calls to Triton that failed, by kind", ["kind"],
                                      registry=own)
         self.triton_metrics_url, self.timeout = triton_metrics_url, timeout
-        self._counters, self._histograms = {}, {}
+        self.inflight_now = 0          # requests being handled in this worker
+        self._counts, self._times = {}, {}   # since the last flush: (url, method, status) -> n; url -> [slots..., sum]
+        global _active
+        _active = self
 
     def observe(self, url, method, status, seconds):
-        """One answered request. The labelled children are looked up once and kept."""
+        """One answered request: two dict lookups and three additions; flush() publishes them."""
         key = (url, method, status)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = self.requests.labels(url, method if method in METHODS else "other", status)
-        counter.inc()
-        histogram = self._histograms.get(url)
-        if histogram is None:
-            histogram = self._histograms[url] = self.duration.labels(url)
-        histogram.observe(seconds)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        times = self._times.get(url)
+        if times is None:
+            times = self._times[url] = [0] * (len(BUCKETS) + 1) + [0.0]
+        times[bisect_left(BUCKETS, seconds)] += 1   # the first bucket whose bound is >= seconds, as prometheus_client
+        times[-1] += seconds
+
+    def flush(self):
+        """Move what this worker counted since the last flush into its prometheus_client values (its file)."""
+        counts, self._counts = self._counts, {}
+        times, self._times = self._times, {}
+        for (url, method, status), n in counts.items():
+            self.requests.labels(url, method if method in METHODS else "other", status).inc(n)
+        for url, slots in times.items():
+            child = self.duration.labels(url)
+            for i, n in enumerate(slots[:-1]):
+                if n:
+                    child._buckets[i].inc(n)   # what Histogram.observe does per observation, n at once
+            child._sum.inc(slots[-1])
+        self.inflight.set(self.inflight_now)
+
+    def run_flusher(self):
+        """Flush every FLUSH_S in a greenlet of this worker."""
+        import gevent
+
+        def loop():
+            while True:
+                gevent.sleep(FLUSH_S)
+                self.flush()
+        return gevent.spawn(loop)
 
     def triton_error(self, kind):
         self.triton_errors.labels(kind).inc()
@@ -58,6 +91,7 @@ class Metrics:
     def render(self):
         """The scrape: the proxy's series, then Triton's own (or a comment saying why they are missing)."""
         from prometheus_client import CollectorRegistry, generate_latest
+        self.flush()
         if self.multiprocess:
             from prometheus_client import multiprocess
             registry = CollectorRegistry()
@@ -73,6 +107,12 @@ class Metrics:
                 return answer.read()
         except Exception as exc:   # Triton down or slow: the proxy's own series still come back
             return f"# Triton's metrics ({self.triton_metrics_url}) are unavailable: {exc}\n".encode()
+
+
+def flush():
+    """This worker's last flush (gunicorn's worker_exit)."""
+    if _active is not None:
+        _active.flush()
 
 
 def worker_exit(pid):
