@@ -15,7 +15,7 @@ MODEL_TORCH ?= torch==2.13.0
 TRITON_HOME = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pytriton/tritonserver
 STACK_ENV = TRITON_HOME=$(TRITON_HOME) MODEL_PYTHON=$(abspath $(PY)) PROXY_PYTHON=$(abspath $(PY))
 
-.PHONY: install container-tools bench-tools serve test train bench config clean
+.PHONY: install container-tools bench-tools serve test train bench soak config clean
 
 install: $(STAMP)
 
@@ -58,6 +58,10 @@ bench-tools: install
 
 bench: bench-tools
 	$(STACK_ENV) $(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+# 10 minutes at c=32 (MNIST, embeddings, a little bad input): RSS drift, errors, p99 per minute.
+soak: install
+	$(STACK_ENV) $(PY) benchmarks/soak.py $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) build

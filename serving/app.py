@@ -53,13 +53,17 @@ def decode(route, info):
         files, form = request.files, request.form
         for f in route.inputs:
             datatype, shape = info.inputs[f.name]
+            given = len(files.getlist(f.name)) + len(form.getlist(f.name))
+            if given > 1:   # refuse rather than pick one of them
+                raise BadRequest(f"field {f.name!r} is given {given} times; send it once")
             if f.type == "file":
                 upload = files.get(f.name)
                 if upload is None:
                     if not f.required:
                         continue
-                    got = sorted(set(files) | set(form))
-                    hint = f" (got {', '.join(got)})" if got else ""
+                    got = sorted({k for k in (*files, *form) if isinstance(k, str) and k})   # a nameless part is None
+                    hint = f" (got {', '.join(repr(k)[1:-1][:40] for k in got[:10])}{', ...' if len(got) > 10 else ''})" \
+                        if got else ""
                     if f.name in form:
                         raise BadRequest(f"field {f.name!r} must be a file upload, not a text field")
                     raise BadRequest(f"missing file field {f.name!r}{hint}")
@@ -155,9 +159,16 @@ def create_app(settings=None):
     @app.errorhandler(HTTPException)
     def http_error(exc):
         if exc.code == 413:
+            length = request.content_length
+            if length is not None and length <= settings.max_body_bytes:   # Werkzeug's cap on multipart parts
+                return _json({"error": f"too many parts in the multipart body (at most "
+                                       f"{app.config['MAX_FORM_PARTS']})"}, 413)
             return _json({"error": f"request body over {limit_mb:g} MB"}, 413)
         if exc.code == 405:
-            return _json({"error": f"method {request.method} is not allowed on {request.path}"}, 405)
+            resp = _json({"error": f"method {request.method} is not allowed on {request.path}"}, 405)
+            if getattr(exc, "valid_methods", None):
+                resp.headers["Allow"] = ", ".join(exc.valid_methods)
+            return resp
         if exc.code == 404:
             return _json({"error": f"no route for {request.path}"}, 404)
         return _json({"error": exc.description or exc.name}, exc.code or 500)

@@ -129,11 +129,18 @@ def _fit(name, arr, shape, batched, max_batch=0):
     return arr
 
 
+def _no_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def parse_json_body(raw):
     if not raw:
         raise BadRequest("empty request body: expected a JSON object")
     try:
-        doc = json.loads(raw)
+        # NaN and Infinity are not JSON, although Python's parser takes them; refuse them rather than send them on.
+        doc = json.loads(raw, parse_constant=_no_constant)
+    except RecursionError:   # Python's parser recurses per level
+        raise BadRequest("malformed JSON body: nested too deep") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON body: {exc}") from None
     if not isinstance(doc, dict):

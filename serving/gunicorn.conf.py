@@ -1,4 +1,5 @@
 """gunicorn settings for the proxy: config as code. Values come from serving.settings (the environment)."""
+import resource
 import sys
 
 from serving import logs
@@ -9,7 +10,7 @@ _settings = Settings.from_env()
 bind = f"0.0.0.0:{_settings.listen_port}"
 workers = _settings.workers
 worker_class = "serving.worker.GeventWorker"   # gunicorn's gevent worker; see serving/worker.py
-worker_connections = 1000
+worker_connections = 4096                      # idle keep-alive connections are cheap greenlets; see below
 keepalive = 200
 graceful_timeout = _settings.graceful_timeout_s  # in-flight requests get this long to finish on stop
 timeout = 120                                  # a worker silent this long is restarted
@@ -20,6 +21,14 @@ errorlog = "-"
 capture_output = True
 control_socket_disable = True                  # nothing here uses gunicornc; no socket under $HOME
 logconfig_dict = logs.logconfig()              # every log line goes to stdout, as ModelArts collects it
+
+
+# Each connection is a file descriptor: lift the soft limit to the hard one (containers often start at 1024),
+# so that thousands of idle keep-alive clients cannot starve new ones.
+_soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+_want = 65536 if _hard == resource.RLIM_INFINITY else min(_hard, 65536)
+if _soft != resource.RLIM_INFINITY and _soft < _want:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_want, _hard))
 
 
 def post_fork(server, worker):

@@ -45,5 +45,5 @@ class Logger(glogging.Logger):
         ms = request_time.seconds * 1000 + request_time.microseconds // 1000
         sys.stdout.write(
             f'{self.prefix},{int(now * 1000) % 1000:03d} [{os.getpid()}] [INFO] access: {environ.get("REMOTE_ADDR", "-")} '
-            f'"{req.method} {req.path}{query} HTTP/{req.version[0]}.{req.version[1]}" {resp.status_code} '
+            f'"{req.method} {req.path}{query} HTTP/{req.version[0]}.{req.version[1]}" {str(resp.status)[:3]} '
             f'{resp.sent} {ms}ms\n')

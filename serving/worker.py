@@ -1,14 +1,34 @@
-"""gunicorn's gevent worker, with one change: at shutdown, idle keep-alive connections close at once.
+"""gunicorn's gevent worker, with two changes.
 
-Stock gunicorn waits for every open connection before a worker exits, and a client that holds an idle
-keep-alive connection (keep-alive is 200 s here) makes each stop last the whole graceful timeout. This
-worker still lets every in-flight request finish; it only ends connections that sit between requests.
+- At shutdown, idle keep-alive connections close at once. Stock gunicorn waits for every open connection
+  before a worker exits, and a client that holds an idle keep-alive connection (keep-alive is 200 s here) makes
+  each stop last the whole graceful timeout. This worker still lets every in-flight request finish; it only ends
+  connections that sit between requests.
+- What gunicorn answers itself, before the app sees a request (a malformed request line, a request line or
+  header over its limits), is JSON `{"error": ...}` like every other error here, not gunicorn's HTML page.
 """
+import json
+
 import gevent
 from gevent import getcurrent
+from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 
-SHUTDOWN_IDLE_S = 1.0  # a connection accepted during shutdown still gets its first request served
+
+def write_error(sock, status_int, reason, mesg):
+    body = json.dumps({"error": mesg or reason}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
+    util.write_nonblock(sock, head + body)
+
+
+util.write_error = write_error   # gunicorn's workers answer their own errors through this name
+
+SHUTDOWN_IDLE_S = 1.0   # a connection accepted during shutdown still gets its first request served
+# At shutdown an idle connection is closed this long after the signal, not at once: a request a client sent just
+# before (closed-loop clients send the next one as soon as an answer arrives) is then read and served, with
+# "Connection: close", instead of being cut off unread.
+SHUTDOWN_LINGER_S = 0.25
 
 
 class _IdleWait(gevent.Timeout):
@@ -39,7 +59,8 @@ class GeventWorker(_GeventWorker):
 
     def handle_exit(self, sig, frame):
         super().handle_exit(sig, frame)
-        gevent.get_hub().loop.run_callback(self._close_idle)
+        self._linger = gevent.get_hub().loop.timer(SHUTDOWN_LINGER_S)
+        self._linger.start(self._close_idle)
 
     def _close_idle(self):
         # Runs in the hub: a greenlet still registered as idle is parked inside its wait, so throwing its
