@@ -94,7 +94,7 @@ shutdown() {
     exit 0
 }
 
-rm -f "$DRAIN_FILE"
+rm -f "$DRAIN_FILE" "$DRAIN_FILE".crashed.*   # crash marks of a model (serving/triton.py) are per run
 rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 trap 'rm -rf "$PROMETHEUS_MULTIPROC_DIR"' EXIT
 model_bin=$(dirname "$(command -v "$MODEL_PYTHON")")

@@ -100,7 +100,8 @@ def create_app(settings=None):
     routes, infos = triton.bound_routes(client, config, binding.parse_overrides(settings.model_bindings))
     for route in routes:
         check_binding(route, infos[(route.model, route.version)])
-    readiness = triton.Readiness(client, infos, settings.health_timeout_s, settings.health_cache_s)
+    readiness = triton.Readiness(client, infos, settings.health_timeout_s, settings.health_cache_s,
+                                 marks=settings.drain_file + ".crashed")
     slots = dict(zip(infos, triton.reserve_threads(len(infos), settings.inflight_per_model)))
     metrics = Metrics(settings.triton_metrics_url) if settings.metrics else None
     if metrics is not None:
@@ -128,8 +129,12 @@ def create_app(settings=None):
     def predict_view(route, info):
         names = [f.name for f in route.outputs]
         types = {f.name: (f.type, f.depth) for f in route.outputs}
+        def on_crash(detail, name=info.name):
+            log.error("model %r crashed: %s; /health now answers 503 until the container restarts", name, detail)
+            readiness.mark_crashed(name, detail)
+
         call = triton.InferCall(client, info, names, settings.request_timeout_s,   # prebuilt once per route
-                                slots[(info.name, info.version)], on_error)
+                                slots[(info.name, info.version)], on_error, on_crash)
 
         def predict():
             tensors = decode(route, info)

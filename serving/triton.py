@@ -8,6 +8,7 @@ types, requested outputs), and a request only adds shapes and raw tensor bytes. 
 Run as `python -m serving.triton` it is run.sh's readiness probe: exit 0 once Triton and every model that
 config.json binds are ready.
 """
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -136,6 +137,13 @@ _KIND = {grpc.StatusCode.DEADLINE_EXCEEDED: "deadline", grpc.StatusCode.UNAVAILA
          grpc.StatusCode.CANCELLED: "unavailable"}
 
 
+def crashed(exc):
+    """True when the model's Python process died (a segfault, an OOM kill). Triton 2.51 keeps such a model READY
+    and fails each of its requests after about a second, for good: it does not start the process again."""
+    details = exc.details() or ""
+    return exc.code() == grpc.StatusCode.INTERNAL and "Stub process" in details and "not healthy" in details
+
+
 def translate(exc, timeout):
     """A grpc.RpcError -> the ServingError the caller sees."""
     code = exc.code()
@@ -152,9 +160,10 @@ def translate(exc, timeout):
 class InferCall:
     """One route's call to its model: the request prebuilt once, filled per request."""
 
-    def __init__(self, c, info, output_names, timeout, slots, on_error=None):
+    def __init__(self, c, info, output_names, timeout, slots, on_error=None, on_crash=None):
         self.call, self.infer, self.info, self.timeout = c.call, c.stub.ModelInfer, info, timeout
         self.on_error = on_error or (lambda kind: None)   # metrics: proxy_triton_errors_total{kind}
+        self.on_crash = on_crash or (lambda detail: None)  # the model's process died: Readiness.mark_crashed
         self.slots = slots   # this model's calls in flight from this worker (shared by its routes)
         self.template = service_pb2.ModelInferRequest(
             model_name=info.name, model_version=info.version,
@@ -174,19 +183,25 @@ class InferCall:
                 response = self.call(self.infer, request, self.timeout)
         except grpc.RpcError as exc:
             self.on_error(_KIND.get(exc.code()) or exc.code().name.lower())
+            if crashed(exc):
+                self.on_crash(exc.details())
             raise translate(exc, self.timeout) from None
         return {out.name: codecs.from_raw(raw, out.datatype, out.shape)
                 for out, raw in zip(response.outputs, response.raw_output_contents)}
 
 
 class Readiness:
-    """Triton readiness for /health: server ready and every bound model ready.
+    """Triton readiness for /health: server ready, every bound model ready, and no model whose process died.
 
     One probe per `ttl` seconds per worker, however many /health calls arrive; the others reuse its answer.
+    A crashed model is marked with a file (`<marks>.<model>`), so that every worker's /health reports it: Triton
+    still calls the model READY, and only a restart of the container brings it back (README: "When a model's
+    process dies").
     """
 
-    def __init__(self, c, models, timeout, ttl):
+    def __init__(self, c, models, timeout, ttl, marks=None):
         self.client, self.models, self.timeout, self.ttl = c, list(models), timeout, ttl
+        self.marks = marks
         self.lock = Semaphore()   # a greenlet lock: the probe waits on gRPC while holding it
         self.checked_at, self.reason = float("-inf"), "not checked yet"
 
@@ -202,7 +217,18 @@ class Readiness:
                     return f"model {name!r} is not ready"
         except grpc.RpcError as exc:
             return f"inference server is not reachable: {exc.details() or exc.code().name}"
+        for name, _ in self.models:
+            if self.marks and os.path.exists(f"{self.marks}.{name}"):
+                return (f"model {name!r} crashed (its process died) and the inference server does not restart it: "
+                        "this container needs a restart")
         return None
+
+    def mark_crashed(self, name, detail):
+        """Record that `name`'s process died; /health answers 503 from the next probe on, in every worker."""
+        if self.marks and not os.path.exists(f"{self.marks}.{name}"):
+            with open(f"{self.marks}.{name}", "w") as f:
+                f.write(detail + "\n")
+            self.checked_at = float("-inf")
 
     def check(self):
         if time.monotonic() - self.checked_at < self.ttl:
