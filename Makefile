@@ -31,9 +31,11 @@ $(STAMP): $(REQUIREMENTS) $(WEIGHTS) Makefile
 	touch $@
 
 # The container tests build and run the image with podman (no Docker engine on these machines).
+# tests/test_sealed.py makes a network namespace with ip (iproute2).
 container-tools:
-	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null; }
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null && \
+	  command -v ip >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap iproute2 >/dev/null; }
 
 serve: install
 	$(STACK_ENV) sh run.sh

@@ -206,3 +206,87 @@ def test_every_folder_in_the_model_repository_is_a_model():
     repo = os.path.join(ROOT, "model_repository")
     folders = [d for d in os.listdir(repo) if os.path.isdir(os.path.join(repo, d))]
     assert folders and all(os.path.isfile(os.path.join(repo, d, "config.pbtxt")) for d in folders), folders
+
+
+# --- serving/v2.py: the allow-list (a pure function of method and path)
+
+@pytest.mark.parametrize("method,path,label", [
+    ("GET", "/v2", "/v2"), ("GET", "/v2/health/ready", "/v2/health/ready"), ("HEAD", "/v2/health/live", "/v2/health/live"),
+    ("GET", "/v2/models/mnist", "/v2/models/{model}"), ("GET", "/v2/models/mnist/versions/3", "/v2/models/{model}"),
+    ("GET", "/v2/models/mnist/versions/3/config", "/v2/models/{model}/config"),
+    ("GET", "/v2/models/stats", "/v2/models/stats"), ("POST", "/v2/models/a.b-c_d/infer", "/v2/models/{model}/infer"),
+])
+def test_v2_allowed(method, path, label):
+    from serving import v2
+    assert v2.route(method, path) == label
+
+
+@pytest.mark.parametrize("method,path,status,start", [
+    ("POST", "/v2/repository/index", 403, "/v2/repository/index: the model repository API"),
+    ("POST", "/v2/repository/models/m/load", 403, "/v2/repository/models/m/load: the model repository API"),
+    ("GET", "/v2/systemsharedmemory/region/r/status", 403, "/v2/systemsharedmemory/region/r/status: system shared"),
+    ("POST", "/v2/cudasharedmemory/unregister", 403, "/v2/cudasharedmemory/unregister: CUDA shared memory"),
+    ("POST", "/v2/models/m/versions/1/trace/setting", 403, "/v2/models/m/versions/1/trace/setting: trace settings"),
+    ("GET", "/v2/logging", 403, "/v2/logging: log settings"),
+    ("GET", "/v2/models/../repository/index", 403, "/v2/models/../repository/index is not an allowed"),
+    ("GET", "/v2/models/m/versions/../config", 403, "/v2/models/m/versions/../config is not an allowed"),
+    ("POST", "/v2/models/m/generate_stream", 403, "/v2/models/m/generate_stream is not an allowed"),
+    ("DELETE", "/v2/models/m", 405, "method DELETE is not allowed on /v2/models/m (allowed: GET)"),
+    ("GET", "/v2/models/m/infer", 405, "method GET is not allowed on /v2/models/m/infer (allowed: POST)"),
+])
+def test_v2_refused(method, path, status, start):
+    from serving import v2
+    err = v2.route(method, path)
+    assert (err.status, err.message[:len(start)]) == (status, start)
+
+
+# --- serving/metrics.py: per-request counting published in batches, as prometheus_client would count it
+
+def test_metrics_batches_match_prometheus_semantics(monkeypatch):
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    from serving.metrics import Metrics
+    m = Metrics("http://127.0.0.1:9/metrics", timeout=0.2)   # nothing listens there
+    for seconds in (0.0005, 0.001, 0.003, 0.2, 75.0):
+        m.observe("/", "POST", "200", seconds)
+    m.observe("/", "BREW", "405", 0.002)
+    m.inflight_now = 3
+    text = m.render().decode()
+    assert 'proxy_requests_total{method="POST",status="200",url="/"} 5.0' in text
+    assert 'proxy_requests_total{method="other",status="405",url="/"} 1.0' in text
+    # Cumulative buckets: 0.0005 and 0.001 are <= 0.001 (bounds are inclusive), 75 only in +Inf.
+    for le, n in (("0.001", 2), ("0.0025", 3), ("0.005", 4), ("0.25", 5), ("60.0", 5), ("+Inf", 6)):
+        assert f'proxy_request_duration_seconds_bucket{{le="{le}",url="/"}} {n}.0' in text, le
+    assert 'proxy_request_duration_seconds_count{url="/"} 6.0' in text
+    assert "proxy_inflight_requests 3.0" in text
+    assert "# Triton's metrics (http://127.0.0.1:9/metrics) are unavailable" in text
+    m.observe("/", "POST", "200", 0.01)   # a second flush adds to the first
+    assert 'proxy_requests_total{method="POST",status="200",url="/"} 6.0' in m.render().decode()
+
+
+# --- serving/openapi.py
+
+def test_openapi_document_from_a_config():
+    from openapi_spec_validator import validate
+    from serving import modelarts, openapi
+    config = modelarts.parse({"model_algorithm": "x", "model_type": "Image", "apis": [
+        {"url": "/a", "method": "post", "request": {"Content-type": "multipart/form-data", "data": {
+            "type": "object", "properties": {"img": {"type": "file"}, "n": {"type": "integer"}}, "required": ["img"]}},
+         "response": {"Content-type": "application/json", "data": {"type": "object", "properties": {
+             "y": {"type": "array", "items": {"type": "number"}}}}}}]})
+    doc = openapi.document(config, metrics=False)
+    validate(doc)
+    body = doc["paths"]["/a"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body == {"type": "object", "required": ["img"], "properties": {
+        "img": {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"},
+        "n": {"type": "integer"}}}
+    assert set(doc["paths"]) == {"/a", "/health"}
+
+
+@pytest.mark.parametrize("url", ["/metrics", "/openapi.json", "/v2", "/v2/models/x/infer"])
+def test_the_proxys_own_paths_are_refused_as_api_urls(url):
+    from serving import modelarts
+    from serving.errors import ConfigError
+    with pytest.raises(ConfigError, match="is the proxy's own"):
+        modelarts.parse({"model_algorithm": "x", "model_type": "Image", "apis": [
+            {"url": url, "request": {"Content-type": "application/json", "data": {"properties": {"a": {"type": "string"}}}},
+             "response": {"Content-type": "application/json", "data": {"properties": {"b": {"type": "string"}}}}}]})
