@@ -16,16 +16,16 @@ log = logging.getLogger("serving.front")
 JSON = "application/json"
 
 
+_REASONS = {400: "BAD REQUEST", 403: "FORBIDDEN", 404: "NOT FOUND", 405: "METHOD NOT ALLOWED",
+            413: "REQUEST ENTITY TOO LARGE", 500: "INTERNAL SERVER ERROR", 503: "SERVICE UNAVAILABLE",
+            504: "GATEWAY TIMEOUT"}
+
+
 def _error(start_response, exc):
     body = json.dumps({"error": exc.message}).encode()
     start_response(f"{exc.status} {_REASONS.get(exc.status, '')}".rstrip(),
                    [("Content-Type", JSON), ("Content-Length", str(len(body)))])
     return [body]
-
-
-_REASONS = {400: "BAD REQUEST", 403: "FORBIDDEN", 404: "NOT FOUND", 405: "METHOD NOT ALLOWED",
-            413: "REQUEST ENTITY TOO LARGE", 500: "INTERNAL SERVER ERROR", 503: "SERVICE UNAVAILABLE",
-            504: "GATEWAY TIMEOUT"}
 
 
 class Front:

@@ -116,7 +116,10 @@ class Upstream:
         """A pooled connection that Triton has not closed meanwhile: an idle connection must have nothing to read
         (EOF means Triton closed it; bytes would answer nothing we asked)."""
         while True:
-            sock = self.pool.get_socket()
+            try:
+                sock = self.pool.get_socket()   # a new connection when none is idle
+            except OSError as exc:
+                raise self._fail("unavailable", exc) from None
             sock.settimeout(0.0)   # gevent then answers at once instead of waiting for data
             try:
                 sock.recv(1, socket.MSG_PEEK)
