@@ -19,6 +19,8 @@ import sys
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from .modelarts import RESERVED
+
 _JSON_TYPE = {"BOOL": "boolean", "STRING": "string", "FP16": "number", "FP32": "number", "FP64": "number",
             "BF16": "number"}
 
@@ -86,6 +88,10 @@ def generate(repository, algorithm="predict_analysis"):
     urls = [a["url"] for a in apis]
     if len(set(urls)) != len(urls):
         raise SystemExit(f"two models share a URL: {urls}; set modelarts_url in their config.pbtxt")
+    taken = [u for u in urls if u in RESERVED or u == "/v2" or u.startswith("/v2/")]
+    if taken:
+        raise SystemExit(f"{taken}: the proxy serves /metrics, /openapi.json and /v2/... itself; set modelarts_url "
+                         "in the model's config.pbtxt to another URL")
     return {"model_algorithm": algorithm, "model_type": "Image", "apis": apis, "health": HEALTH}
 
 

@@ -115,9 +115,9 @@ def test_generator_on_a_numeric_model(tmp_path):
         name: "tabular" backend: "python" max_batch_size: 0
         input [ { name: "features" data_type: TYPE_FP32 dims: [ 1, 12 ] }, { name: "hour" data_type: TYPE_INT32 dims: [ 1 ] } ]
         output [ { name: "risk" data_type: TYPE_FP64 dims: [ 1, 3 ] } ]
-        parameters: { key: "modelarts_url" value: { string_value: "/v2/risk" } }''')
+        parameters: { key: "modelarts_url" value: { string_value: "/v1/risk" } }''')
     (api,) = generate.generate(str(tmp_path), "predict_analysis")["apis"]
-    assert api["url"] == "/v2/risk"
+    assert api["url"] == "/v1/risk"
     assert api["request"]["Content-type"] == "application/json"
     assert api["request"]["data"]["properties"] == {
         "features": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
@@ -125,7 +125,7 @@ def test_generator_on_a_numeric_model(tmp_path):
     assert api["response"]["data"]["properties"] == {
         "risk": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}
     # What it writes, the proxy reads.
-    assert [r.url for r in modelarts.parse(generate.generate(str(tmp_path))).routes] == ["/v2/risk"]
+    assert [r.url for r in modelarts.parse(generate.generate(str(tmp_path))).routes] == ["/v1/risk"]
 
 
 def test_generator_refuses_two_models_on_one_url(tmp_path):
@@ -134,6 +134,13 @@ def test_generator_refuses_two_models_on_one_url(tmp_path):
             input [ {{ name: "x" data_type: TYPE_FP32 dims: [ 1 ] }} ] output [ {{ name: "y" data_type: TYPE_FP32 dims: [ 1 ] }} ]
             parameters: {{ key: "modelarts_url" value: {{ string_value: "/" }} }}''')
     with pytest.raises(SystemExit, match="two models share a URL"):
+        generate.generate(str(tmp_path))
+
+
+def test_generator_refuses_the_proxys_own_urls(tmp_path):
+    write_model(tmp_path, "metrics", '''name: "metrics" backend: "python"
+        input [ { name: "x" data_type: TYPE_FP32 dims: [ 1 ] } ] output [ { name: "y" data_type: TYPE_FP32 dims: [ 1 ] } ]''')
+    with pytest.raises(SystemExit, match=r"\['/metrics'\]: the proxy serves /metrics, /openapi.json and /v2/"):
         generate.generate(str(tmp_path))
 
 
