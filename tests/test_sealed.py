@@ -11,8 +11,9 @@ import sys
 
 import pytest
 
-NS = f"serving-sealed-{os.getpid()}"
-HOST_IF, NS_IF = f"vs{os.getpid() % 100000}h", f"vs{os.getpid() % 100000}n"
+# Fixed names, so that a run that was killed half-way is cleaned up by the next one.
+NS = "serving-sealed"
+HOST_IF, NS_IF = "vsealed-h", "vsealed-n"
 HOST_IP, NS_IP = "10.213.77.1", "10.213.77.2"
 
 PROBE = r"""
@@ -42,6 +43,7 @@ def sh(*cmd, check=True):
 def namespace():
     assert os.geteuid() == 0, "this test makes a network namespace: run it as root (CI does)"
     sh("ip", "netns", "del", NS, check=False)
+    sh("ip", "link", "del", HOST_IF, check=False)
     try:
         sh("ip", "netns", "add", NS)
         sh("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF)
