@@ -308,7 +308,10 @@ def measure_v2(loads, args, stack, direct, workdir):
             point = {"workload": name, "model": spec["model"], "concurrency": c}
             order = (("direct", direct), ("proxy", stack.url)) if i % 2 == 0 else (("proxy", stack.url), ("direct", direct))
             for side, url in order:
-                rps, p50, p99 = perf_analyzer(spec, url.replace("http://", ""), c, args.seconds, workdir, "http")
+                measured = perf_analyzer(spec, url.replace("http://", ""), c, args.seconds, workdir, "http")
+                if measured is None:   # no perf_analyzer on this machine
+                    return rows
+                rps, p50, p99 = measured
                 point[side] = {"rps": rps, "p50_ms": p50, "p99_ms": p99}
             point["throughput_ratio"] = point["proxy"]["rps"] / point["direct"]["rps"]
             rows.append(point)

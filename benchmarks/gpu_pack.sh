@@ -3,8 +3,9 @@
 # package registries are reachable. About 60 MB: it has to travel beside the working tree.
 #   - triton.tar.xz: Triton 2.51 from the nvidia-pytriton wheel, slimmed: the server, the python backend with the
 #     stub for the GPU machine's Python, and its libraries without libpython (the machine has its own);
-#   - site.tar.xz: the proxy's packages and numpy 1.26.4 for that Python (the models need numpy < 2; torch, Pillow
-#     and requests come from the machine's own Python);
+#   - site.tar.xz: the proxy's packages (the v2 pass-through's client and prometheus_client included) and numpy
+#     1.26.4 for that Python (the models need numpy < 2; torch, Pillow and requests come from the machine's own
+#     Python);
 #   - wrk and its LuaJIT library.
 # Usage: benchmarks/gpu_pack.sh [PYTHON_VERSION]   (default 3.12, the GPU machine's)
 set -eu
@@ -29,7 +30,8 @@ tar -C "$OUT/stage/triton" -cf - . | xz -6 -T0 > "$OUT/triton.tar.xz"
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform manylinux1_x86_64 --target "$OUT/stage/site" \
     numpy==1.26.4 flask==3.1.3 werkzeug==3.1.9 gunicorn==27.0.1 gevent==26.9.0 greenlet==3.5.6 grpcio==1.85.3 \
-    protobuf==4.25.9 blinker itsdangerous zope.event zope.interface
+    protobuf==4.25.9 blinker itsdangerous zope.event zope.interface \
+    geventhttpclient==2.0.2 brotli certifi six prometheus_client==0.26.0 markupsafe
 # From tritonclient only its KServe v2 gRPC modules: the wheel's bundled perf_analyzer alone is 20 MB.
 mkdir -p "$OUT/stage/site/tritonclient/grpc"
 cp "$VENV_SITE/tritonclient/__init__.py" "$OUT/stage/site/tritonclient/"
