@@ -79,10 +79,13 @@ check_children() {
 shutdown() {
     : >"$DRAIN_FILE"
     log "stop requested: /health now answers 503; serving on for the ${GRACE_PERIOD}s grace period"
-    end=$(( $(date +%s) + GRACE_PERIOD ))
-    while [ "$(date +%s)" -lt "$end" ]; do
+    # Whole seconds counted, not `date +%s` compared: that made the grace period up to a second short.
+    # sleep runs in the foreground, so a second signal does not cut the grace period short either.
+    waited=0
+    while [ "$waited" -lt "$GRACE_PERIOD" ]; do
         check_children
-        nap 1
+        sleep 1
+        waited=$(( waited + 1 ))
     done
     log "grace period over: stopping gunicorn (in-flight requests finish first)"
     stop gunicorn "$gunicorn_pid" "$gunicorn_limit"

@@ -112,7 +112,7 @@ def test_stop_under_load_loses_nothing(new_stack, digits):
     assert len(before) > 100 and set(before) == {200}, {o: before.count(o) for o in set(before)}
     # After that, a request is either served or not taken at all (a connection error), never a wrong answer or 5xx.
     assert all(outcome == 200 or isinstance(outcome, str) and outcome != "wrong answer" for outcome in after), after
-    assert gunicorn_stop - signalled >= 2.5   # served through the grace period
+    assert gunicorn_stop - signalled >= 2.95   # served through the whole grace period (3 s; log times in ms)
     # gunicorn stopped before Triton; nothing is left.
     marks = ["grace period over", "gunicorn stopped (exit 0)", "stopping Triton", "Triton stopped (exit 0)",
              "shutdown complete"]
