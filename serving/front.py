@@ -10,7 +10,7 @@ import time
 
 from . import metrics as metrics_mod
 from . import v2
-from .errors import ServingError
+from .errors import MethodNotAllowed, ServingError
 
 log = logging.getLogger("serving.front")
 JSON = "application/json"
@@ -73,7 +73,6 @@ class Front:
 
     def scrape(self, environ, start_response):
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            from .errors import MethodNotAllowed
             return _error(start_response, MethodNotAllowed(f"method {environ.get('REQUEST_METHOD')} is not "
                                                            f"allowed on {metrics_mod.PATH}"))
         body = self.metrics.render()

@@ -150,7 +150,7 @@ class Upstream:
                 raise errors.BadRequest("Content-Length is not a number") from None
             if length > self.max_body:
                 raise PayloadTooLarge(too_large)
-            first = body_in.read(min(length, BLOCK)) if length else b""
+            first = body_in.read(min(length, BLOCK))
         elif method == "POST":   # chunked: read up to the limit, then send it with a length
             first = body_in.read(self.max_body + 1)
             if len(first) > self.max_body:

@@ -22,6 +22,16 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_for(predicate, timeout, what):
+    """Poll `predicate` until it is true; fail after `timeout` seconds, naming `what` was awaited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
+
+
 class Stack:
     """One run of `sh run.sh`, as the container runs it, with its stdout captured to a file."""
 

@@ -1,7 +1,6 @@
 """Reliability with timings asserted: a stop under load, crashes of each process, a model past its deadline, a
 model whose process dies, floods of idle and slow connections. All traffic goes to loopback."""
 import datetime
-import json
 import os
 import re
 import signal
@@ -14,18 +13,9 @@ import time
 import pytest
 import requests
 
-from conftest import ROOT, Stack, body, encode
+from conftest import ROOT, Stack, body, encode, wait_for
 
 FAULT_MODELS = os.path.join(ROOT, "tests", "models")
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
 
 
 class Load:

@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from conftest import body, encode
+from conftest import body, encode, wait_for
 
 BOUNDARY = "lifecycle-test-boundary"
 
@@ -17,15 +17,6 @@ def multipart(field, filename, data):
     head = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
             "Content-Type: application/octet-stream\r\n\r\n").encode()
     return head + data + f"\r\n--{BOUNDARY}--\r\n".encode()
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def read_response(sock):
