@@ -102,7 +102,7 @@ def create_app(settings=None):
         check_binding(route, infos[(route.model, route.version)])
     readiness = triton.Readiness(client, infos, settings.health_timeout_s, settings.health_cache_s,
                                  marks=settings.drain_file + ".crashed")
-    slots = dict(zip(infos, triton.reserve_threads(len(infos), settings.inflight_per_model)))
+    slots = dict(zip(infos, triton.slots(len(infos), settings.inflight_per_model)))
     metrics = Metrics(settings.triton_metrics_url) if settings.metrics else None
     if metrics is not None:
         from gevent import monkey

@@ -32,12 +32,10 @@ if _soft != resource.RLIM_INFINITY and _soft < _want:
 
 
 def post_fork(server, worker):
-    # grpcio must run on gevent's hub, or its calls block the worker (grpc/grpc#15071). Patch first,
-    # then hand grpc to gevent, then create this worker's one Triton client (a channel must not cross a fork).
+    # Patch first, then create this worker's one Triton connection (serving/grpc_wire.py: gevent-native, no
+    # threads); a connection must not cross a fork.
     from gevent import monkey
     monkey.patch_all()
-    import grpc.experimental.gevent as grpc_gevent
-    grpc_gevent.init_gevent()
     from serving import triton
     triton.connect(_settings.triton_grpc_url)
 

@@ -1,6 +1,7 @@
 """The one Triton gRPC client of a worker process: model info read once, readiness, and the infer call.
 
-One channel per worker, made after fork, with the generated KServe v2 stub from tritonclient. Each predict
+One HTTP/2 connection per worker (serving/grpc_wire.py, gevent-native), made after fork, carrying tritonclient's
+generated KServe v2 messages. Each predict
 route gets an `InferCall` at start-up: its ModelInferRequest is prebuilt once (model, version, input names and
 types, requested outputs), and a request only adds shapes and raw tensor bytes. Outputs are read from
 `raw_output_contents` without a second copy.
@@ -13,47 +14,42 @@ import sys
 import time
 from dataclasses import dataclass
 
-import grpc
 from gevent.lock import Semaphore
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2
 
-from . import codecs
+from . import codecs, grpc_wire
 from .errors import BadRequest, DeadlineExceeded, ServingError, Unavailable
+from .grpc_wire import RpcError
 
-# gRPC's own default caps received messages at 4 MB; tensors can be larger (the body limit is MAX_BODY_MB).
-_CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+SERVICE = "/inference.GRPCInferenceService/"
 
 _client = None
 
 
-def reserve_threads(models, per_model):
-    """Size gevent's thread pool, where each gRPC call waits (one thread per call in flight), so that every model
-    has `per_model` calls in flight of its own: a busy model then queues its own requests and never holds the
-    threads another model needs (gevent's default pool of 10 let one busy model stall all others: MNIST's p50 went
-    from 8 ms to 312 ms while /embeddings took 64 clients, 23 ms straight to Triton). Two more for readiness."""
-    from gevent import get_hub
-    pool = get_hub().threadpool
-    pool.maxsize = max(pool.maxsize, models * per_model + 2)
+def slots(models, per_model):
+    """One semaphore per model: each model has `per_model` calls in flight from this worker, so that a busy model
+    queues its own requests and never holds what another model needs (one busy model once stalled all others:
+    MNIST's p50 went from 8 ms to 312 ms while /embeddings took 64 clients, 23 ms straight to Triton)."""
     return [Semaphore(per_model) for _ in range(models)]
 
 
 class Client:
-    """A gRPC channel to Triton and its stub, shared by the greenlets of one worker.
+    """This worker's connection to Triton's gRPC port (serving/grpc_wire.py), shared by all its greenlets.
 
-    grpc runs on gevent's hub (grpc.experimental.gevent.init_gevent in gunicorn's post_fork): each call's wait
-    runs in gevent's native thread pool, so a call blocks only its own greenlet. Completing calls on grpc's own
-    thread instead (its future API, results handed to the greenlets through one async_ watcher) gave a better p50
-    and about 12 % less CPU per request at c=64, but starved some requests: p99 2.0 s against 0.17 s at
-    c=64 (benchmarks/results/changes.md), so this path stays.
+    `call("ModelInfer", request, timeout)` makes one unary call of GRPCInferenceService with tritonclient's
+    generated messages and returns the response message, or raises grpc_wire.RpcError.
     """
 
     def __init__(self, url):
-        self.channel = grpc.insecure_channel(url, options=_CHANNEL_OPTIONS)
-        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+        host, _, port = url.rpartition(":")
+        self.channel = grpc_wire.Channel(host, int(port))
+        self.paths = {}
 
     def call(self, method, request, timeout):
-        """One unary RPC (`method` is a stub attribute): its response, or grpc.RpcError."""
-        return method(request, timeout=timeout)
+        path = self.paths.get(method)
+        if path is None:
+            path = self.paths[method] = (SERVICE + method, getattr(service_pb2, method + "Response"))
+        return self.channel.call(path[0], request, path[1], timeout)
 
     def close(self):
         self.channel.close()
@@ -89,9 +85,9 @@ class ModelInfo:
 
 def model_info(c, name, version="", timeout=10.0):
     try:
-        meta = c.call(c.stub.ModelMetadata, service_pb2.ModelMetadataRequest(name=name, version=version), timeout)
-        config = c.call(c.stub.ModelConfig, service_pb2.ModelConfigRequest(name=name, version=version), timeout)
-    except grpc.RpcError as exc:
+        meta = c.call("ModelMetadata", service_pb2.ModelMetadataRequest(name=name, version=version), timeout)
+        config = c.call("ModelConfig", service_pb2.ModelConfigRequest(name=name, version=version), timeout)
+    except RpcError as exc:
         raise translate(exc, timeout) from None
 
     def tensors(items):
@@ -104,8 +100,8 @@ def model_info(c, name, version="", timeout=10.0):
 def repository(c, timeout=10.0):
     """{name: ModelInfo} of every ready model in Triton's repository (what serving/binding.py chooses from)."""
     try:
-        index = c.call(c.stub.RepositoryIndex, service_pb2.RepositoryIndexRequest(ready=True), timeout)
-    except grpc.RpcError as exc:
+        index = c.call("RepositoryIndex", service_pb2.RepositoryIndexRequest(ready=True), timeout)
+    except RpcError as exc:
         raise translate(exc, timeout) from None
     return {name: model_info(c, name, "", timeout) for name in sorted({m.name for m in index.models})}
 
@@ -124,44 +120,44 @@ def bound_routes(c, config, overrides, timeout=10.0):
 
 # gRPC status -> the HTTP error the caller sees.
 _STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: BadRequest,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.NOT_FOUND: Unavailable,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: Unavailable,
-    grpc.StatusCode.CANCELLED: Unavailable,
+    grpc_wire.INVALID_ARGUMENT: BadRequest,
+    grpc_wire.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc_wire.UNAVAILABLE: Unavailable,
+    grpc_wire.NOT_FOUND: Unavailable,
+    grpc_wire.RESOURCE_EXHAUSTED: Unavailable,
+    grpc_wire.CANCELLED: Unavailable,
 }
 
 
-_KIND = {grpc.StatusCode.DEADLINE_EXCEEDED: "deadline", grpc.StatusCode.UNAVAILABLE: "unavailable",
-         grpc.StatusCode.CANCELLED: "unavailable"}
+_KIND = {grpc_wire.DEADLINE_EXCEEDED: "deadline", grpc_wire.UNAVAILABLE: "unavailable",
+         grpc_wire.CANCELLED: "unavailable"}
 
 
 def crashed(exc):
     """True when the model's Python process died (a segfault, an OOM kill). Triton 2.51 keeps such a model READY
     and fails each of its requests after about a second, for good: it does not start the process again."""
-    details = exc.details() or ""
-    return exc.code() == grpc.StatusCode.INTERNAL and "Stub process" in details and "not healthy" in details
+    details = exc.details or ""
+    return exc.code == grpc_wire.INTERNAL and "Stub process" in details and "not healthy" in details
 
 
 def translate(exc, timeout):
-    """A grpc.RpcError -> the ServingError the caller sees."""
-    code = exc.code()
+    """A grpc_wire.RpcError -> the ServingError the caller sees."""
+    code = exc.code
     kind = _STATUS.get(code)
     if kind is DeadlineExceeded:
         return DeadlineExceeded(f"inference did not finish within {timeout:g} s")
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+    if code in (grpc_wire.UNAVAILABLE, grpc_wire.CANCELLED):
         return Unavailable("inference server is not reachable")
     if kind is not None:
-        return kind(exc.details())
-    return ServingError(f"inference failed: {exc.details()}")
+        return kind(exc.details)
+    return ServingError(f"inference failed: {exc.details}")
 
 
 class InferCall:
     """One route's call to its model: the request prebuilt once, filled per request."""
 
     def __init__(self, c, info, output_names, timeout, slots, on_error=None, on_crash=None):
-        self.call, self.infer, self.info, self.timeout = c.call, c.stub.ModelInfer, info, timeout
+        self.call, self.info, self.timeout = c.call, info, timeout
         self.on_error = on_error or (lambda kind: None)   # metrics: proxy_triton_errors_total{kind}
         self.on_crash = on_crash or (lambda detail: None)  # the model's process died: Readiness.mark_crashed
         self.slots = slots   # this model's calls in flight from this worker (shared by its routes)
@@ -180,11 +176,11 @@ class InferCall:
             request.raw_input_contents.append(codecs.to_raw(arr, datatype))
         try:
             with self.slots:
-                response = self.call(self.infer, request, self.timeout)
-        except grpc.RpcError as exc:
-            self.on_error(_KIND.get(exc.code()) or exc.code().name.lower())
+                response = self.call("ModelInfer", request, self.timeout)
+        except RpcError as exc:
+            self.on_error(_KIND.get(exc.code) or exc.name.lower())
             if crashed(exc):
-                self.on_crash(exc.details())
+                self.on_crash(exc.details)
             raise translate(exc, self.timeout) from None
         return {out.name: codecs.from_raw(raw, out.datatype, out.shape)
                 for out, raw in zip(response.outputs, response.raw_output_contents)}
@@ -209,14 +205,14 @@ class Readiness:
         """None when ready, else why not."""
         try:
             c = self.client
-            if not c.call(c.stub.ServerReady, service_pb2.ServerReadyRequest(), self.timeout).ready:
+            if not c.call("ServerReady", service_pb2.ServerReadyRequest(), self.timeout).ready:
                 return "inference server is not ready"
             for name, version in self.models:
                 request = service_pb2.ModelReadyRequest(name=name, version=version)
-                if not c.call(c.stub.ModelReady, request, self.timeout).ready:
+                if not c.call("ModelReady", request, self.timeout).ready:
                     return f"model {name!r} is not ready"
-        except grpc.RpcError as exc:
-            return f"inference server is not reachable: {exc.details() or exc.code().name}"
+        except RpcError as exc:
+            return f"inference server is not reachable: {exc.details or exc.name}"
         for name, _ in self.models:
             if self.marks and os.path.exists(f"{self.marks}.{name}"):
                 return (f"model {name!r} crashed (its process died) and the inference server does not restart it: "
