@@ -27,7 +27,7 @@ $(STAMP): $(REQUIREMENTS) $(WEIGHTS) Makefile
 	@# The wheel ships one python-backend stub per Python version; Triton looks for it beside the backend.
 	home=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pytriton/tritonserver; \
 	  v=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
-	  cp "$$home/python_backend_stubs/$$v/triton_python_backend_stub" "$$home/backends/python/"
+	  cp --remove-destination "$$home/python_backend_stubs/$$v/triton_python_backend_stub" "$$home/backends/python/"
 	touch $@
 
 # The container tests build and run the image with podman (no Docker engine on these machines).

@@ -23,8 +23,9 @@ Writes of all greenlets in one turn of the hub are joined into one `send` (the f
 caller waits on a bare `gevent.hub.Waiter` with one libev timer as its deadline; one reader greenlet per connection
 parses frames and wakes callers through the hub.
 
-Any protocol violation by the server ends the connection, and every call on it fails with UNAVAILABLE: a call never
-hangs past its deadline and never leaks a stream.
+A protocol violation by the server ends the connection (or, where it concerns one stream, that stream), and the calls
+it ends fail with UNAVAILABLE, which the proxy answers as 503: a call never hangs past its deadline and never leaks a
+stream.
 """
 import _socket
 import errno
@@ -473,7 +474,7 @@ class Connection:
             raise ProtocolError("the server overran the stream's window", E_FLOW_CONTROL)
         stream.data.append(_unpad(flags, payload))
         if flags & END_STREAM:
-            self._finish(stream, RpcError(INTERNAL, "the server ended the stream without trailers"))
+            self._finish(stream, RpcError(UNAVAILABLE, "the server ended the stream without trailers"))
         elif stream.recv_unacked >= STREAM_WINDOW // 2:
             self._write(frame(WINDOW_UPDATE, 0, stream_id, struct.pack(">I", stream.recv_unacked)))
             stream.recv_unacked = 0
@@ -509,7 +510,7 @@ class Connection:
                     return
             ctype = headers.get("content-type", "")
             if not ctype.startswith("application/grpc") and "grpc-status" not in headers:
-                self._finish(stream, RpcError(UNKNOWN, f"the server answered with content-type {ctype!r}"))
+                self._finish(stream, RpcError(UNAVAILABLE, f"the server answered with content-type {ctype!r}"))
                 return
             if not flags & END_STREAM:
                 return
@@ -524,18 +525,19 @@ class Connection:
     def _result(self, stream, trailers):
         status = trailers.get("grpc-status")
         if status is None or not status.isdigit():
-            return RpcError(UNKNOWN if status is None else INTERNAL, f"the server sent grpc-status {status!r}")
+            return RpcError(UNAVAILABLE, f"a malformed answer from the server: grpc-status {status!r}")
         code = int(status)
         if code != OK:
             return RpcError(code, unquote(trailers.get("grpc-message", ""), errors="replace"))
         data = stream.data[0] if len(stream.data) == 1 else b"".join(stream.data)
         if len(data) < 5:
-            return RpcError(INTERNAL, "the server sent no response message")
+            return RpcError(UNAVAILABLE, "a malformed answer from the server: no response message")
         compressed, length = _PREFIX.unpack_from(data)
         if compressed:
-            return RpcError(INTERNAL, "the server compressed the response, which was not asked for")
+            return RpcError(UNAVAILABLE, "a malformed answer from the server: compressed, which was not asked for")
         if len(data) != 5 + length:
-            return RpcError(INTERNAL, f"the response message is {len(data) - 5} bytes, its prefix says {length}")
+            return RpcError(UNAVAILABLE, f"a malformed answer from the server: a message of {len(data) - 5} bytes, "
+                                         f"its prefix says {length}")
         return data[5:]
 
     def _settings(self, flags, stream_id, payload):
@@ -567,7 +569,7 @@ class Connection:
 
     def _reset(self, stream, code, why):
         self._write(frame(RST_STREAM, 0, stream.id, struct.pack(">I", code)))
-        self._finish(stream, RpcError(INTERNAL, why))
+        self._finish(stream, RpcError(UNAVAILABLE, f"a malformed answer from the server: {why}"))
 
     # -- the end ---------------------------------------------------------------------------------------------------
 
@@ -649,7 +651,7 @@ class Channel:
             try:
                 return response_type.FromString(raw)
             except Exception as exc:
-                raise RpcError(INTERNAL, f"cannot parse the response message: {exc}") from None
+                raise RpcError(UNAVAILABLE, f"a malformed answer from the server: {exc}") from None
 
     def close(self):
         if self.conn is not None:
