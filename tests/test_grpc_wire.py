@@ -380,3 +380,91 @@ def test_fuzzed_answers_never_hang_and_never_leak():
         if conn is not None:
             gevent.sleep(0.01)
             assert conn.reader.dead
+
+
+# -- Triton itself, stopped and started again under load ------------------------------------------------------------
+
+def start_triton(repo, grpc_port, log):
+    home = os.environ["TRITON_HOME"]
+    env = dict(os.environ, PATH=os.path.dirname(os.environ["MODEL_PYTHON"]) + os.pathsep + os.environ["PATH"])
+    ports = [free_port(), free_port()]
+    return subprocess.Popen([f"{home}/bin/tritonserver", f"--model-repository={repo}",
+                             f"--backend-directory={home}/backends", "--http-address=127.0.0.1",
+                             f"--http-port={ports[0]}", "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}",
+                             "--allow-metrics=false", "--exit-timeout-secs=5"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.skipif("TRITON_HOME" not in os.environ, reason="needs the embedded Triton (make test sets TRITON_HOME)")
+def test_triton_stopped_and_started_again_under_load(tmp_path):
+    """SIGTERM to Triton under load (it sends GOAWAY and drains), then a new Triton on the same port: calls end in
+    right answers or UNAVAILABLE, none hangs, and the same channel serves the new server."""
+    import numpy as np
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["cp", "-r", os.path.join(ROOT, "benchmarks", "models", "identity"), str(repo)], check=True)
+    port = free_port()
+    log = open(tmp_path / "triton.log", "wb")
+    channel = grpc_wire.Channel("127.0.0.1", port)
+    ready = lambda: channel.call("/inference.GRPCInferenceService/ModelReady",  # noqa: E731
+                                 service_pb2.ModelReadyRequest(name="identity"), service_pb2.ModelReadyResponse, 1).ready
+
+    def wait_ready():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if ready():
+                    return
+            except RpcError:
+                pass
+            gevent.sleep(0.2)
+        raise AssertionError("Triton not ready:\n" + (tmp_path / "triton.log").read_text()[-3000:])
+
+    triton = start_triton(repo, port, log)
+    outcomes, stop = [], False
+    try:
+        wait_ready()
+
+        def client(k):
+            i = 0
+            while not stop:
+                x = np.full((1, 16), k * 1000 + i, dtype=np.float32)
+                request = service_pb2.ModelInferRequest(model_name="identity")
+                request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
+                request.raw_input_contents.append(x.tobytes())
+                started = time.monotonic()
+                try:
+                    r = channel.call(INFER, request, service_pb2.ModelInferResponse, 5)
+                    outcomes.append("ok" if r.raw_output_contents[0] == x.tobytes() else "wrong")
+                except RpcError as exc:
+                    outcomes.append(exc.name)
+                    gevent.sleep(0.05)
+                assert time.monotonic() - started < 5.5
+                i += 1
+
+        jobs = [gevent.spawn(client, k) for k in range(8)]
+        gevent.sleep(1.5)
+        triton.send_signal(signal.SIGTERM)
+        while triton.poll() is None:
+            gevent.sleep(0.05)
+        down = len(outcomes)
+        gevent.sleep(0.5)
+        assert set(outcomes[down:]) == {"UNAVAILABLE"}
+        triton = start_triton(repo, port, log)
+        wait_ready()
+        gevent.sleep(1.0)
+        stop = True
+        gevent.joinall(jobs, timeout=10, raise_error=True)
+        assert all(j.dead for j in jobs)
+        # While it drains, Triton unloads the model and answers NOT_FOUND; the proxy answers it, UNAVAILABLE and
+        # CANCELLED alike, as 503 (serving/triton.py: translate).
+        assert "wrong" not in outcomes and set(outcomes) <= {"ok", "UNAVAILABLE", "CANCELLED", "NOT_FOUND"}, \
+            set(outcomes)
+        assert outcomes[-8:] == ["ok"] * 8
+        assert outcomes.count("ok") > 200
+        assert channel.conn.streams == {}
+    finally:
+        stop = True
+        channel.close()
+        triton.kill()
+        triton.wait()
