@@ -4,13 +4,16 @@ Requests:  multipart file -> BYTES [1];  JSON string -> BYTES (base64-decoded wh
            "contentEncoding": "base64");  JSON numbers/arrays -> the input's dtype and shape;  a base64 JSON
            string on a numeric input -> its raw little-endian values (a whole tensor without JSON numbers).
 Responses: one element -> a JSON scalar, several -> a list (or a list always, where the schema says "array");
-           BYTES -> str.
+           BYTES -> str. One item in, one item out; a batch in, a batch out (a batch of one too). Numbers are written
+           straight from numpy by orjson: float32 at its shortest round-trip repr (0.14285715, not
+           0.1428571492433548); NaN and infinities, which JSON cannot hold, as null.
 """
 import binascii
 import json
 import struct
 
 import numpy as np
+import orjson
 
 from .errors import BadRequest
 
@@ -51,7 +54,12 @@ def _to_bytes(name, value, b64):
 
 
 def json_tensor(name, value, datatype, shape, batched, b64=False, max_batch=0):
-    """A JSON value -> a tensor of the input's datatype and shape, or BadRequest saying what is wrong.
+    """A JSON value -> a tensor of the input's datatype and shape, or BadRequest saying what is wrong."""
+    return json_batch(name, value, datatype, shape, batched, b64, max_batch)[0]
+
+
+def json_batch(name, value, datatype, shape, batched, b64=False, max_batch=0):
+    """A JSON value -> (tensor, whether the value was a batch of items), or BadRequest saying what is wrong.
 
     Where one batch item is a single element (shape [1]), a JSON list of N values is a batch of N."""
     if b64 and datatype != "BYTES":
@@ -64,7 +72,8 @@ def json_tensor(name, value, datatype, shape, batched, b64=False, max_batch=0):
                 raise BadRequest(f"field {name!r} must be a regular array of strings")
             arr = np.vectorize(lambda v: _to_bytes(name, v, b64), otypes=[np.object_])(flat) if flat.size else flat
         else:
-            arr = np.array([_to_bytes(name, value, b64)], dtype=np.object_)
+            arr = np.empty((), dtype=np.object_)   # one string: one item, not a batch
+            arr[()] = _to_bytes(name, value, b64)
     else:
         if isinstance(value, str) or _has(value, lambda v: isinstance(v, (str, dict)) or v is None):
             raise BadRequest(f"field {name!r} must hold numbers ({datatype})")
@@ -111,22 +120,28 @@ def _has(value, pred):
 
 def _fit(name, arr, shape, batched, max_batch=0):
     """Give `arr` the model's shape: a scalar fills a one-element input, a list of N fills N one-element items, and
-    the batch dimension is added."""
+    the batch dimension is added to one item. Returns (tensor, whether a batch was given)."""
     item = list(shape[1:] if batched else shape)
+    given = list(arr.shape)
+    is_batch = False
     if arr.ndim == 0:
         arr = arr.reshape([1] * len(item))
     elif batched and item == [1] and arr.ndim == 1:
         if arr.shape[0] == 0:
             raise BadRequest(f"field {name!r} is empty")
-        arr = arr[:, None]
+        arr, is_batch = arr[:, None], True
     if batched and arr.ndim == len(item):
         arr = arr[None]
+    elif batched:
+        is_batch = True
     if batched and max_batch and arr.shape[0] > max_batch:
         raise BadRequest(f"field {name!r} holds {arr.shape[0]} items; at most {max_batch} per request")
     if arr.ndim != len(shape) or any(w >= 0 and w != a for w, a in zip(shape, arr.shape)):
+        # In the user's terms: the shape they sent, against one item's shape (and a batch's, where there is one).
         expect = ["n" if w < 0 else w for w in item]
-        raise BadRequest(f"field {name!r} must have shape {expect}, got {list(arr.shape)}")
-    return arr
+        also = f" (or a batch of them, [n, {', '.join(map(str, expect))}])" if batched and item != [1] else ""
+        raise BadRequest(f"field {name!r} must have shape {expect}{also}, got {given}")
+    return arr, is_batch
 
 
 def _no_constant(name):
@@ -137,30 +152,53 @@ def parse_json_body(raw):
     if not raw:
         raise BadRequest("empty request body: expected a JSON object")
     try:
+        doc = orjson.loads(raw)   # refuses NaN, Infinity, invalid UTF-8 and deep nesting, as below
+    except orjson.JSONDecodeError:
+        doc = _parse_slowly(raw)   # Python's parser: the same refusals with the messages users see, or integers
+    if not isinstance(doc, dict):   # wider than 64 bits, which orjson does not take and a codec below refuses
+        raise BadRequest("JSON body must be an object of named fields")
+    return doc
+
+
+def _parse_slowly(raw):
+    try:
         # NaN and Infinity are not JSON, although Python's parser takes them; refuse them rather than send them on.
         doc = json.loads(raw, parse_constant=_no_constant)
     except RecursionError:   # Python's parser recurses per level
         raise BadRequest("malformed JSON body: nested too deep") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON body: {exc}") from None
-    if not isinstance(doc, dict):
-        raise BadRequest("JSON body must be an object of named fields")
     return doc
 
 
-def output_value(arr, schema_type, batched, depth=None):
-    """One Triton output -> its JSON value, as the response schema says. A batch of one loses its batch dimension,
-    unless the schema nests as deep as the output is (an array of vectors stays an array of one vector)."""
-    if batched and arr.ndim >= 1 and arr.shape[0] == 1 and (depth is None or depth < arr.ndim):
-        arr = arr[0]
+def output_value(arr, schema_type, batched, depth=None, batch_in=False):
+    """One Triton output -> its JSON value (numpy arrays and scalars, which dumps() writes directly).
+
+    One item in, one item out: the batch dimension goes. A batch in (`batch_in`), a batch out, a batch of one too;
+    so does an output whose schema nests as deep as the output is (an array of vectors stays an array of vectors).
+    An item of one element is a scalar, unless the schema says "array"."""
     if arr.dtype == np.object_:
         arr = np.vectorize(lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b),
                            otypes=[np.object_])(arr)
+    elif arr.dtype == np.float16:
+        arr = arr.astype(np.float32)   # the same values; orjson writes float32 arrays
+    if batched and arr.ndim >= 1 and (batch_in or arr.shape[0] != 1 or (depth is not None and depth >= arr.ndim)):
+        if arr.ndim > 1 and arr.size == arr.shape[0] and schema_type != "array" and (depth or 0) < arr.ndim:
+            arr = arr.reshape(arr.shape[0])   # a batch of one-element items: a list of scalars
+        return arr.tolist() if arr.dtype == np.object_ else arr
+    if batched and arr.ndim >= 1 and arr.shape[0] == 1:
+        arr = arr[0]
     if schema_type == "array":
-        return arr.reshape(1).tolist() if arr.ndim == 0 else arr.tolist()
-    if arr.size == 1:
-        return arr.reshape(-1).tolist()[0]
-    return arr.tolist()
+        arr = arr.reshape(1) if arr.ndim == 0 else arr
+    elif arr.size == 1:
+        arr = arr.reshape(-1)[0]
+        return arr.item() if isinstance(arr, np.generic) and arr.dtype == np.object_ else arr
+    return arr.tolist() if arr.dtype == np.object_ else arr
+
+
+def dumps(doc):
+    """A JSON answer as bytes, numpy values written directly."""
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def to_raw(arr, datatype):

@@ -51,6 +51,14 @@ def _schema(data_type, dims, extra_levels=0):
     return schema
 
 
+def _item_or_batch(schema, max_batch):
+    """The schema of one item, or of a batch of items (one item in, one item out; a batch in, a batch out)."""
+    note = f"one item, or a batch of up to {max_batch} items"
+    if schema["type"] == "array":   # an array whose elements are the item's elements (one item) or items (a batch)
+        return {"type": "array", "items": {"anyOf": [schema["items"], schema]}, "description": note}
+    return {"type": [schema["type"], "array"], "items": schema, "description": note}
+
+
 def api(config):
     params = {k: v.string_value for k, v in config.parameters.items()}
     url = params.get("modelarts_url") or f"/{config.name}"
@@ -60,13 +68,15 @@ def api(config):
         raise SystemExit(f"{config.name}: modelarts_file_inputs names no input: {sorted(unknown)}")
     # A list of N is a batch of N where every input is one element per item and none is a file.
     listed = (config.max_batch_size > 0 and not files and all(list(i.dims) == [1] for i in config.input))
-    request = {}
-    for i in config.input:
-        if i.name in files:
-            request[i.name] = {"type": "file"}
-        else:
-            request[i.name] = _schema(i.data_type, i.dims, 1 if listed else 0)
-    response = {o.name: _schema(o.data_type, o.dims, 1 if listed else 0) for o in config.output}
+    # Otherwise a batched model takes one item or a batch of them, and answers in the same shape.
+    batches = config.max_batch_size > 0 and not files and not listed
+
+    def schema(tensor):
+        item = _schema(tensor.data_type, tensor.dims, 1 if listed else 0)
+        return _item_or_batch(item, config.max_batch_size) if batches else item
+
+    request = {i.name: {"type": "file"} if i.name in files else schema(i) for i in config.input}
+    response = {o.name: schema(o) for o in config.output}
     required = [i.name for i in config.input if not i.optional]
     return {
         "protocol": "http",

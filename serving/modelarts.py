@@ -54,13 +54,17 @@ def _properties(block, where):
     required = data.get("required")
     props = []
     for name, schema in data["properties"].items():
-        if not isinstance(schema, dict) or not isinstance(schema.get("type"), str):
-            raise ConfigError(f"{where}: property {name!r} needs a string 'type'")
+        kind = schema.get("type") if isinstance(schema, dict) else None
+        if isinstance(kind, list) and kind and all(isinstance(k, str) for k in kind):
+            # e.g. ["integer", "array"]: one item's value, or a batch's list of them; the item's type decides.
+            kind = next((k for k in kind if k != "array"), "array")
+        if not isinstance(kind, str):
+            raise ConfigError(f"{where}: property {name!r} needs a 'type' (a string, or a list of strings)")
         encoding = schema.get("contentEncoding", "")
         if encoding not in ("", "base64"):
             raise ConfigError(f"{where}: property {name!r}: contentEncoding {encoding!r} is not supported (base64 is)")
         # Without a `required` list every property is required, as every non-optional Triton input is.
-        props.append(Field(name, schema["type"], required is None or name in required, encoding, _depth(schema)))
+        props.append(Field(name, kind, required is None or name in required, encoding, _depth(schema)))
     return tuple(props)
 
 

@@ -18,10 +18,10 @@ def _truncated_jpeg():
 
 CASES = [
     # (name, request kwargs, status, exact JSON body)
-    ("no body", dict(method="POST"), 415, {"error": "expected a multipart/form-data body, got no Content-Type"}),
+    ("no body", dict(method="POST"), 415, {"error": "expected Content-Type multipart/form-data, got no Content-Type"}),
     ("JSON where multipart is expected",
      dict(method="POST", json={"images": "aGVsbG8="}), 415,
-     {"error": "expected a multipart/form-data body, got application/json"}),
+     {"error": "expected Content-Type multipart/form-data, got application/json"}),
     ("wrong field name", dict(method="POST", files={"image": ("d.png", b"x")}), 400,
      {"error": "missing file field 'images' (got image)"}),
     ("no file, only a text field", dict(method="POST", data={"images": "seven"},

@@ -40,13 +40,28 @@ def test_make_config_then_serve_a_repository_of_ones_own(tmp_path):
     doc = json.loads(config.read_text())
     assert [(a["url"], a["request"]["Content-type"]) for a in doc["apis"]] == [("/scaler", "application/json")]
     assert "x-triton" not in doc["apis"][0]
+    # One item or a batch, in and out, and the schema says so.
+    props = doc["apis"][0]["response"]["data"]["properties"]
+    assert props["y"]["items"]["anyOf"] == [{"type": "number"}, {"type": "array", "items": {"type": "number"}}]
+    assert props["top"]["type"] == ["integer", "array"]
 
     stack = Stack(tmp_path, MODEL_REPOSITORY=repo, MODELARTS_CONFIG=config).start()
     try:
         resp = requests.post(stack.url + "/scaler", json={"x": [1.5, -2, 7, 0.25]}, timeout=30)
         assert (resp.status_code, body(resp)) == (200, {"y": [3.0, -4.0, 14.0, 0.5], "top": 2})
+        resp = requests.post(stack.url + "/scaler", json={"x": [[1.5, -2, 7, 0.25]]}, timeout=30)   # a batch of one
+        assert (resp.status_code, body(resp)) == (200, {"y": [[3.0, -4.0, 14.0, 0.5]], "top": [2]})
+        resp = requests.post(stack.url + "/scaler", json={"x": [[1, 2, 3, 4], [8, 7, 6, 5]]}, timeout=30)
+        assert (resp.status_code, body(resp)) == (200, {"y": [[2.0, 4.0, 6.0, 8.0], [16.0, 14.0, 12.0, 10.0]],
+                                                        "top": [3, 0]})
+        import jsonschema
+        for answer in ({"x": [1.5, -2, 7, 0.25]}, {"x": [[1, 2, 3, 4], [8, 7, 6, 5]]}):
+            jsonschema.validate(requests.post(stack.url + "/scaler", json=answer, timeout=30).json(),
+                                doc["apis"][0]["response"]["data"])
+            jsonschema.validate(answer, doc["apis"][0]["request"]["data"])
         resp = requests.post(stack.url + "/scaler", json={"x": [1, 2, 3]}, timeout=30)
-        assert (resp.status_code, body(resp)) == (400, {"error": "field 'x' must have shape [4], got [1, 3]"})
+        assert (resp.status_code, body(resp)) == (
+            400, {"error": "field 'x' must have shape [4] (or a batch of them, [n, 4]), got [3]"})
         assert "route POST /scaler -> model 'scaler'" in stack.log()
     finally:
         stack.terminate()

@@ -136,7 +136,7 @@ def test_json_strings_become_bytes():
     ([1, None], "FP32", [-1, 2], "must hold numbers (FP32)"),
     (True, "FP32", [-1, 1], "not booleans"),
     ([[1, 2], [3]], "FP32", [-1, 2], "regular (non-ragged) array"),
-    ([1, 2], "FP32", [-1, 3], "must have shape [3], got [1, 2]"),
+    ([1, 2], "FP32", [-1, 3], "must have shape [3] (or a batch of them, [n, 3]), got [2]"),
     (1.5, "INT64", [-1, 1], "must hold integers (INT64)"),
     (300, "INT8", [-1, 1], "does not fit INT8"),
     (7, "BYTES", [-1, 1], "must hold strings"),
@@ -160,14 +160,67 @@ def test_json_bodies_that_are_not_objects_are_400(raw, message):
     assert message in err.value.message
 
 
+def out(*args, **kwargs):
+    """output_value as the client reads it: through the JSON answer."""
+    return json.loads(codecs.dumps({"v": codecs.output_value(*args, **kwargs)}))["v"]
+
+
 def test_outputs_follow_the_response_schema():
-    assert codecs.output_value(np.array([[7]], np.int64), "integer", True) == 7
-    assert type(codecs.output_value(np.array([[7]], np.int64), "integer", True)) is int
-    assert codecs.output_value(np.array([[0.5, 0.25]], np.float32), "array", True) == [0.5, 0.25]
-    assert codecs.output_value(np.array([[0.5]], np.float32), "array", True) == [0.5]
-    assert codecs.output_value(np.array([[b"seven"]], np.object_), "string", True) == "seven"
-    assert codecs.output_value(np.array([b"a", b"b"], np.object_), "array", False) == ["a", "b"]
-    assert codecs.output_value(np.array([[1, 2], [3, 4]], np.int32), "array", False) == [[1, 2], [3, 4]]
+    assert out(np.array([[7]], np.int64), "integer", True) == 7
+    assert type(out(np.array([[7]], np.int64), "integer", True)) is int
+    assert out(np.array([[0.5, 0.25]], np.float32), "array", True) == [0.5, 0.25]
+    assert out(np.array([[0.5]], np.float32), "array", True) == [0.5]
+    assert out(np.array([[b"seven"]], np.object_), "string", True) == "seven"
+    assert out(np.array([b"a", b"b"], np.object_), "array", False) == ["a", "b"]
+    assert out(np.array([[1, 2], [3, 4]], np.int32), "array", False) == [[1, 2], [3, 4]]
+    assert out(np.array([[True]]), "boolean", True) is True
+
+
+def test_float32_outputs_are_written_at_their_shortest_repr():
+    values = np.array([[1 / 7, 0.1, -2.5e-8, 3e38]], np.float32)
+    text = codecs.dumps({"v": codecs.output_value(values, "array", True)})
+    assert text == b'{"v":[0.14285715,0.1,-2.5e-8,3e+38]}'
+    assert np.array_equal(np.array(json.loads(text)["v"], np.float32), values[0])   # the same float32 values
+    assert json.loads(codecs.dumps({"v": codecs.output_value(np.array([[0.5, 1.5]], np.float16), "array", True)})) \
+        == {"v": [0.5, 1.5]}
+    assert codecs.dumps({"v": codecs.output_value(np.array([[np.nan]], np.float32), "number", True)}) == b'{"v":null}'
+
+
+@pytest.mark.parametrize("value,expect_batch,answer", [
+    ([1, 2, 3, 4], False, [2, 4, 6, 8]),                       # one item in, one item out
+    ([[1, 2, 3, 4]], True, [[2, 4, 6, 8]]),                    # a batch of one in, a batch of one out
+    ([[1, 2, 3, 4], [5, 6, 7, 8]], True, [[2, 4, 6, 8], [10, 12, 14, 16]]),
+])
+def test_answers_follow_the_request_shape(value, expect_batch, answer):
+    """The /scale case: FP32 [4], max_batch_size 8."""
+    t, is_batch = codecs.json_batch("x", value, "FP32", [-1, 4], True)
+    assert is_batch is expect_batch and t.shape == (len(value) if expect_batch else 1, 4)
+    assert out(t * 2, "array", True, 1, is_batch) == answer
+    top = np.argmax(t, axis=1)[:, None]                          # a one-element output per item
+    assert out(top, "integer", True, 0, is_batch) == ([3] * len(value) if expect_batch else 3)
+
+
+def test_one_element_items_as_a_list_are_a_batch_and_a_scalar_is_one_item():
+    t, is_batch = codecs.json_batch("x", [1.0, 2.0], "FP32", [-1, 1], True)
+    assert is_batch and t.shape == (2, 1)
+    assert out(t, "number", True, 0, is_batch) == [1.0, 2.0]
+    t, is_batch = codecs.json_batch("x", [1.0], "FP32", [-1, 1], True)
+    assert is_batch and out(t, "number", True, 0, is_batch) == [1.0]
+    t, is_batch = codecs.json_batch("x", 1.0, "FP32", [-1, 1], True)
+    assert not is_batch and out(t, "number", True, 0, is_batch) == 1.0
+    t, is_batch = codecs.json_batch("text", "one", "BYTES", [-1, 1], True)
+    assert not is_batch and t.shape == (1, 1)
+    # An output whose schema nests as deep as the output (embeddings: an array of vectors) stays a batch.
+    assert out(np.ones((1, 3), np.float32), "array", True, 2, False) == [[1.0, 1.0, 1.0]]
+
+
+def test_shape_errors_speak_of_what_the_user_sent():
+    with pytest.raises(BadRequest) as err:
+        codecs.json_tensor("x", [1, 2, 3], "FP32", [-1, 4], True)
+    assert err.value.message == "field 'x' must have shape [4] (or a batch of them, [n, 4]), got [3]"
+    with pytest.raises(BadRequest) as err:
+        codecs.json_tensor("x", [[1, 2, 3]], "FP32", [-1, 4], True)
+    assert err.value.message == "field 'x' must have shape [4] (or a batch of them, [n, 4]), got [1, 3]"
 
 
 @pytest.mark.parametrize("arr,datatype,shape", [
