@@ -3,7 +3,14 @@ load generator (wrk, keep-alive, every answer checked), in the same run, alterna
 perf_analyzer over gRPC, straight to Triton, is a third reference column.
 
     make bench                       # the full run: writes benchmarks/results/bench.{json,md,png}
-    make bench BENCH_ARGS=--smoke    # a short end-to-end check (CI runs it): every answer right, no numbers judged
+    make bench BENCH_ARGS=--smoke    # a short end-to-end check (CI runs it): every answer right, no numbers judged;
+                                     # writes build/bench-smoke/, never the committed results
+
+Per worker, beside what a user would run instead (the "peers" section, same Triton, same wrk, same run):
+- the proxy with WORKERS=1;
+- the floor: the same routes in Flask under the same gunicorn gevent worker, no Triton call (benchmarks/peers/floor.py);
+- the FastAPI peer: uvicorn (uvloop, httptools) + tritonclient.grpc.aio (benchmarks/peers/fastapi_peer.py);
+- the hand-rolled image: Flask + gunicorn gevent + tritonclient.grpc with init_gevent (benchmarks/peers/handrolled.py).
 
 Workloads (the bench builds its own model repository and config.json from model_repository/ and
 benchmarks/models/, which `make serve` does not serve):
@@ -26,6 +33,8 @@ import pathlib
 import platform
 import re
 import shutil
+import signal
+import socket
 import statistics
 import struct
 import subprocess
@@ -106,7 +115,7 @@ def workloads(proxy, direct):
         # (text_embedding_nobatch, the same model without it).
         **{name: {
             "proxy": Side(proxy + url, json.dumps({"texts": [TEXT]}).encode(), "application/json",
-                          prefix=b'{"embeddings": [[', expect=lambda d: len(d["embeddings"][0]) == 384),
+                          prefix=b'{"embeddings":[[', expect=lambda d: len(d["embeddings"][0]) == 384),
             "direct": Side(direct + f"/v2/models/{model}/infer", json.dumps({"inputs": [
                 {"name": "texts", "datatype": "BYTES", "shape": [1, 1], "data": [TEXT]}]}).encode(),
                 "application/json", prefix=f'{{"model_name":"{model}"'.encode(),
@@ -119,7 +128,7 @@ def workloads(proxy, direct):
             # Float results can differ in the last bits with the batch the server formed, so under load an
             # answer is checked by its start; the first answer of each side is checked in full.
             "proxy": Side(proxy + "/resnet", json.dumps({"INPUT0": base64.b64encode(tensor.tobytes()).decode()}).encode(),
-                          "application/json", prefix=b'{"OUTPUT0": [',
+                          "application/json", prefix=b'{"OUTPUT0":[',
                           expect=lambda d: len(d["OUTPUT0"]) == 1000),
             "direct": Side(direct + "/v2/models/resnet_bench/infer", resnet_direct, "application/octet-stream",
                            resnet_headers, prefix=b'{"model_name":"resnet_bench"',
@@ -356,6 +365,110 @@ def measure_ab(args, workdir, a, b, rounds=3, concurrency=16):
     return {"a": a, "b": b, "concurrency": concurrency, "rounds": cost, "a_ms": ma, "b_ms": mb, "ratio": ma / mb}
 
 
+PEERS = HERE / "peers"
+
+
+def start_peer(kind, port, grpc_url, workdir):
+    """One peer server, one process (or one gunicorn worker): a Popen in its own session."""
+    env = dict(os.environ, TRITON_GRPC=grpc_url)
+    bindir = os.path.dirname(sys.executable)
+    if kind == "fastapi":
+        cmd = [f"{bindir}/uvicorn", "fastapi_peer:app", "--app-dir", str(PEERS), "--host", "127.0.0.1", "--port",
+               str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    else:
+        cmd = [f"{bindir}/gunicorn", "-w", "1", "-k", "gevent", "-b", f"127.0.0.1:{port}", "--chdir", str(PEERS),
+               "--keep-alive", "200", "--log-level", "warning", f"{kind}:app"]
+        if kind == "handrolled":
+            cmd[1:1] = ["-c", str(PEERS / "handrolled.py")]
+    log = open(workdir / f"peer-{kind}.log", "wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"peer {kind} exited:\n{(workdir / f'peer-{kind}.log').read_text()[-2000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"peer {kind} did not listen on {port}")
+
+
+def session_pids(proc):
+    """The PIDs of a Popen started with start_new_session (it and its children)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[3]) == proc.pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
+
+
+def measure_peers(args, workdir):
+    """identity at several concurrencies and resnet at c=4, per worker: direct Triton, the proxy (WORKERS=1), the
+    FastAPI peer, the hand-rolled image and the floor, the same wrk on every side, alternating order per point."""
+    config = json.loads(pathlib.Path(args.config).read_text())
+    config["apis"] = [api for api in config["apis"] if api["url"] in ("/identity", "/resnet")]
+    d = workdir / "peers"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(config))
+    stack = Stack(d, MODEL_REPOSITORY=build_repository(d, ["identity", "resnet_bench"]), MODELARTS_CONFIG=d / "config.json",
+                  ACCESS_LOG="false", GRACE_PERIOD="0", WORKERS="1").start()
+    grpc_url = f"127.0.0.1:{stack.env['TRITON_GRPC_PORT']}"
+    procs, rows = {}, []
+    try:
+        urls = {"proxy": stack.url}
+        for kind in ("fastapi", "handrolled", "floor"):
+            port = free_port()
+            procs[kind] = start_peer(kind, port, grpc_url, workdir)
+            urls[kind] = f"http://127.0.0.1:{port}"
+        direct = f"http://127.0.0.1:{stack.env['TRITON_HTTP_PORT']}"
+        pids = {"proxy": stack.pids("gunicorn"), **{k: session_pids(p) for k, p in procs.items()}}
+        plan = [("identity", c, ["direct", "proxy", "fastapi", "handrolled", "floor"]) for c in args.peer_concurrency]
+        plan.append(("resnet", 4, ["direct", "proxy", "fastapi", "floor"]))
+        for i, (name, c, sides) in enumerate(plan):
+            point = {"workload": name, "concurrency": c}
+            for side in (sides if i % 2 == 0 else sides[::-1]):
+                load = workloads(urls.get(side, urls["proxy"]), direct)[name]
+                what = load["direct"] if side == "direct" else load["proxy"]
+                if side not in ("direct", "proxy"):
+                    what = Side(urls[side] + ("/identity" if name == "identity" else "/resnet"), what.body,
+                                what.content_type, expect=what.expect, prefix=b'{"OUTPUT0":' if what.prefix else None)
+                answer = first_answer(what)
+                wrk(what, answer, 4, 1, workdir)   # warm-up
+                cpu0 = proc_cpu(pids.get(side, []))
+                n, rps, p50, p99 = wrk(what, answer, c, args.seconds, workdir)
+                point[side] = {"requests": n, "rps": rps, "p50_ms": p50, "p99_ms": p99}
+                if side != "direct":
+                    point[side]["cpu_ms_per_request"] = (proc_cpu(pids[side]) - cpu0) / n * 1000
+                    point[side]["rss_mb"] = max(rss_mb(p) for p in pids[side])
+            rows.append(point)
+            print(f"peers {name:8} c={c:<3} " + " | ".join(
+                f"{side} {point[side]['rps']:6.0f} req/s p50 {point[side]['p50_ms']:6.2f} p99 {point[side]['p99_ms']:6.1f}"
+                + (f" cpu {point[side]['cpu_ms_per_request']:.3f}" if side != "direct" else "")
+                for side in sides), flush=True)
+    finally:
+        for p in procs.values():
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+        stack.terminate()
+    return rows
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def measure_isolation(loads, seconds, workdir):
     """MNIST at c=1, idle and while the embedding model takes 64 concurrent clients: through the proxy (both
     loads through it) and straight to Triton (both loads direct), so that what the shared CPUs cost shows apart
@@ -381,7 +494,45 @@ def measure_isolation(loads, seconds, workdir):
     return result
 
 
-def report(args, rows, health, isolation=None, v2=()):
+SERVERS = {"direct": "Triton direct (HTTP)", "proxy": "**the proxy** (`WORKERS=1`)",
+           "fastapi": "FastAPI peer: uvicorn + `tritonclient.grpc.aio`",
+           "handrolled": "hand-rolled: Flask + gunicorn gevent + `tritonclient.grpc` (`init_gevent`)",
+           "floor": "floor: the same Flask routes under gunicorn gevent, no Triton call"}
+
+
+def peers_report(peers):
+    if not peers:
+        return []
+    lines = ["", "## Per worker, beside what a user would run instead", "",
+             "One worker or process per server, the same Triton, the same wrk, every answer checked, in one run "
+             "(benchmarks/peers/). CPU is the server's own processes, from /proc, per request.", ""]
+    for name in dict.fromkeys(r["workload"] for r in peers):
+        pts = [r for r in peers if r["workload"] == name]
+        sides = [s for s in SERVERS if s in pts[0]]
+        lines += [f"**{name}**", "", "| server | " + " | ".join(f"c={r['concurrency']} req/s | p50 ms | p99 ms | CPU ms/req"
+                                                          for r in pts) + " |",
+                  "| --- |" + " --- | --- | --- | --- |" * len(pts)]
+        for side in sides:
+            cells = []
+            for r in pts:
+                v = r[side]
+                cpu = f"{v['cpu_ms_per_request']:.3f}" if "cpu_ms_per_request" in v else "-"
+                cells.append(f"{v['rps']:.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.1f} | {cpu}")
+            lines.append(f"| {SERVERS[side]} | " + " | ".join(cells) + " |")
+        lines.append("")
+        for r in pts:
+            ratios = [f"req/s proxy/FastAPI **{r['proxy']['rps'] / r['fastapi']['rps']:.2f}**",
+                      f"p50 proxy/FastAPI {r['proxy']['p50_ms'] / r['fastapi']['p50_ms']:.2f}",
+                      f"p99 proxy/FastAPI {r['proxy']['p99_ms'] / r['fastapi']['p99_ms']:.2f}",
+                      f"CPU/request proxy/floor **{r['proxy']['cpu_ms_per_request'] / r['floor']['cpu_ms_per_request']:.2f}**"]
+            if "handrolled" in r:
+                ratios.insert(1, f"req/s proxy/hand-rolled {r['proxy']['rps'] / r['handrolled']['rps']:.2f}")
+            lines.append(f"- {name} c={r['concurrency']}: " + ", ".join(ratios))
+        lines.append("")
+    return lines
+
+
+def report(args, rows, health, isolation=None, v2=(), peers=()):
     lat = sorted(ms for _, ms in health)
     health_row = {"samples": len(lat), "non_200": sum(1 for s, _ in health if s != 200),
                   "p50_ms": statistics.median(lat) if lat else None,
@@ -429,16 +580,37 @@ def report(args, rows, health, isolation=None, v2=()):
             lines.append(f"| {r['model']} | {r['concurrency']} | {d['rps']:.0f} | {p['rps']:.0f} "
                          f"| **{r['throughput_ratio']:.2f}** | {d['p50_ms']:.2f} | {p['p50_ms']:.2f} "
                          f"| {d['p99_ms']:.2f} | {p['p99_ms']:.2f} |")
+    lines += peers_report(peers)
     return "\n".join(lines) + "\n", {"machine": machine, "seconds": args.seconds, "points": rows,
-                                      "health_under_load": health_row, "isolation": isolation, "v2": list(v2)}
+                                      "health_under_load": health_row, "isolation": isolation, "v2": list(v2),
+                                      "peers": list(peers)}
 
 
-def plot(rows, path):
+def plot(rows, path, peers=()):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     names = list(dict.fromkeys(r["workload"] for r in rows))
-    fig, axes = plt.subplots(2, len(names), figsize=(4.5 * len(names), 7), squeeze=False)
+    ident = [r for r in peers if r["workload"] == "identity"]
+    fig, axes = plt.subplots(2, len(names) + bool(ident), figsize=(4.5 * (len(names) + bool(ident)), 7),
+                             squeeze=False)
+    if ident:   # the last column: identity per worker, the proxy beside the floor and the peers
+        col, cs = len(names), [r["concurrency"] for r in ident]
+        for side in [s for s in SERVERS if s in ident[0] and s != "direct"]:
+            label = {"proxy": "proxy (1 worker)", "fastapi": "FastAPI peer", "handrolled": "hand-rolled",
+                     "floor": "Flask floor (no Triton)"}[side]
+            axes[0][col].plot(cs, [r[side]["rps"] for r in ident], "s-" if side == "proxy" else "o--", label=label)
+            axes[1][col].plot(cs, [r[side]["cpu_ms_per_request"] for r in ident], "s-" if side == "proxy" else "o--",
+                              label=label)
+        axes[0][col].set_title("identity, per worker")
+        axes[0][col].set_ylabel("requests/s")
+        axes[1][col].set_ylabel("CPU ms per request")
+        for ax in (axes[0][col], axes[1][col]):
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(cs, [str(c) for c in cs])
+            ax.set_xlabel("concurrency")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     for col, name in enumerate(names):
         pts = [r for r in rows if r["workload"] == name]
         cs = [r["concurrency"] for r in pts]
@@ -479,27 +651,35 @@ def main():
     parser.add_argument("--rounds", type=int, default=3, help="--ab: measurements per side")
     parser.add_argument("--gpu", default="", help="the GPU's name, for the report")
     parser.add_argument("--require-gpu", action="store_true", help="fail unless every torch model loaded on cuda")
+    parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
+                        help="per worker, beside the floor, the FastAPI peer and the hand-rolled image")
+    parser.add_argument("--peer-concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--name", default="bench", help="results/<name>.{json,md,png}")
-    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--out", help="where results go (default: benchmarks/results; build/bench-smoke for --smoke)")
     parser.add_argument("--smoke", action="store_true", help="2 s per point at c=1 and 4, no perf_analyzer")
     args = parser.parse_args()
     if args.smoke:
         args.concurrency, args.seconds, args.perf_analyzer = [1, 4], 2, False   # embeddings: c=4 only
+        args.peer_concurrency = [4]
+    args.out = args.out or str(ROOT / "build" / "bench-smoke" if args.smoke else HERE / "results")
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: run `make bench`, which installs it")
     if args.ab:
+        pathlib.Path(args.out).mkdir(parents=True, exist_ok=True)
         result = measure_ab(args, pathlib.Path(tempfile.mkdtemp()), *args.ab, rounds=args.rounds)
         (pathlib.Path(args.out) / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
         return
-    rows, health, isolation, v2 = run(args, pathlib.Path(tempfile.mkdtemp()))
-    text, doc = report(args, rows, health, isolation, v2)
+    workdir = pathlib.Path(tempfile.mkdtemp())
+    peers = measure_peers(args, workdir) if args.peers and "identity" in args.workloads else []
+    rows, health, isolation, v2 = run(args, workdir)
+    text, doc = report(args, rows, health, isolation, v2, peers)
     print(text)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.md").write_text(text)
     (out / f"{args.name}.json").write_text(json.dumps(doc, indent=2) + "\n")
     try:
-        plot(rows, out / f"{args.name}.png")
+        plot(rows, out / f"{args.name}.png", peers)
     except Exception as exc:   # a machine whose matplotlib does not load still gets the tables
         print(f"no plot: {exc}")
 

@@ -19,4 +19,17 @@ def test_bench_smoke_runs_every_workload_with_right_answers(tmp_path):
     for p in doc["points"]:
         assert p["proxy"]["requests"] > 0 and p["direct"]["requests"] > 0
         assert p["proxy_cpu_ms_per_request"] > 0
+    # Per worker, beside the floor and the peers, every answer checked by wrk.
+    peers = {(p["workload"], p["concurrency"]): p for p in doc["peers"]}
+    assert set(peers) == {("identity", 4), ("resnet", 4)}
+    assert set(peers[("identity", 4)]) >= {"direct", "proxy", "fastapi", "handrolled", "floor"}
+    for p in peers.values():
+        for side in ("proxy", "fastapi", "floor"):
+            assert p[side]["requests"] > 0 and p[side]["cpu_ms_per_request"] > 0
+    assert "Per worker, beside what a user would run instead" in (tmp_path / "smoke.md").read_text()
     assert (tmp_path / "smoke.png").stat().st_size > 10_000
+
+
+def test_a_smoke_run_never_writes_the_committed_results():
+    src = open(os.path.join(ROOT, "benchmarks", "bench.py")).read()
+    assert 'ROOT / "build" / "bench-smoke" if args.smoke' in src
