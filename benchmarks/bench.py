@@ -630,6 +630,11 @@ def plot(rows, path, peers=()):
     fig.savefig(path, dpi=90)
 
 
+def results_dir(smoke):
+    """Where a run writes by default: a smoke run never overwrites the committed results."""
+    return ROOT / "build" / "bench-smoke" if smoke else HERE / "results"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", nargs="+",
@@ -661,7 +666,7 @@ def main():
     if args.smoke:
         args.concurrency, args.seconds, args.perf_analyzer = [1, 4], 2, False   # embeddings: c=4 only
         args.peer_concurrency = [4]
-    args.out = args.out or str(ROOT / "build" / "bench-smoke" if args.smoke else HERE / "results")
+    args.out = args.out or str(results_dir(args.smoke))
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: run `make bench`, which installs it")
     if args.ab:
