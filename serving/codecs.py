@@ -212,6 +212,14 @@ def to_raw(arr, datatype):
     return arr.astype(DTYPES[datatype], copy=False).tobytes()
 
 
+def raw_view(arr, datatype):
+    """to_raw without the copy where there is none to make: a contiguous numeric tensor's own bytes."""
+    if datatype == "BYTES":
+        return to_raw(arr, datatype)
+    arr = np.ascontiguousarray(arr.astype(DTYPES[datatype], copy=False))
+    return memoryview(arr).cast("B") if arr.size else b""
+
+
 def from_raw(raw, datatype, shape):
     """raw_output_contents -> a numpy array of the output's datatype and shape (BYTES elements as bytes)."""
     if datatype != "BYTES":

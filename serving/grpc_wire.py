@@ -239,7 +239,7 @@ class Connection:
         return not self.closed and not self.goaway and self.next_id <= MAX_STREAM_ID
 
     def unary(self, path, message, timeout, deadline):
-        """The response message's bytes, or RpcError."""
+        """The response message's bytes, or RpcError. `message`: bytes, or a list of bytes-like parts."""
         if not self.usable:
             raise RpcError(UNAVAILABLE, self.closed or "the connection takes no new streams", processed=False)
         while len(self.streams) >= self.peer_max_streams:
@@ -254,16 +254,23 @@ class Connection:
         block = self.blocks.get((path, timeout))
         if block is None:
             block = self.blocks[(path, timeout)] = request_block(self.authority, path, timeout)
-        body = _PREFIX.pack(0, len(message)) + message
+        parts = message if isinstance(message, (list, tuple)) else (message,)
+        n = 5 + sum(len(p) for p in parts)
         try:
-            n = len(body)
             if n <= self.send_window and n <= stream.send_window and n <= self.peer_frame_size:
+                # The common case: HEADERS, the DATA frame's header and the message prefix in one piece, then the
+                # message's parts as they are: the flush joins them once, into the send.
                 self.send_window -= n
                 stream.send_window -= n
-                self._write(frame(HEADERS, END_HEADERS, stream.id, block) + frame(DATA, END_STREAM, stream.id, body))
+                self._out += (frame(HEADERS, END_HEADERS, stream.id, block)
+                              + _FRAME.pack(n >> 8, n & 0xFF, DATA, END_STREAM, stream.id)
+                              + _PREFIX.pack(0, n - 5), *parts)
+                if not self._flush_due:
+                    self._flush_due = True
+                    self.hub.loop.run_callback(self._flush)
             else:
                 self._write(frame(HEADERS, END_HEADERS, stream.id, block))
-                self._send_data(stream, body, deadline)
+                self._send_data(stream, b"".join((_PREFIX.pack(0, n - 5), *parts)), deadline)
             result = self._wait(stream, deadline)
         except BaseException:   # a deadline while sending, or the caller killed (its client hung up)
             self._cancel(stream)
@@ -303,7 +310,8 @@ class Connection:
                     continue
                 self.send_window -= size
                 stream.send_window -= size
-                self._write(frame(DATA, END_STREAM if at + size == n else 0, stream.id, bytes(view[at:at + size])))
+                self._write(_FRAME.pack(size >> 8, size & 0xFF, DATA, END_STREAM if at + size == n else 0, stream.id))
+                self._out.append(view[at:at + size])   # copied once, when the flush joins it into the send
                 at += size
         finally:
             stream.sending = False
@@ -538,7 +546,7 @@ class Connection:
         if len(data) != 5 + length:
             return RpcError(UNAVAILABLE, f"a malformed answer from the server: a message of {len(data) - 5} bytes, "
                                          f"its prefix says {length}")
-        return data[5:]
+        return memoryview(data)[5:] if length > 65536 else data[5:]   # a large message is not copied again
 
     def _settings(self, flags, stream_id, payload):
         if stream_id:
@@ -637,8 +645,9 @@ class Channel:
             return conn
 
     def call(self, path, request, response_type, timeout):
+        """The response message; `request` is a message, or its serialized form (bytes, or a list of parts)."""
         deadline = time.monotonic() + timeout
-        message = request.SerializeToString()
+        message = request if isinstance(request, (bytes, list, tuple)) else request.SerializeToString()
         for attempt in (0, 1):
             try:
                 raw = self._connection(deadline).unary(path, message, timeout, deadline)

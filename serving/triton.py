@@ -153,6 +153,16 @@ def translate(exc, timeout):
     return ServingError(f"inference failed: {exc.details}")
 
 
+def _field(number, length):
+    """The key and length of a length-delimited protobuf field."""
+    out, value = bytearray([number << 3 | 2]), length
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 class InferCall:
     """One route's call to its model: the request prebuilt once, filled per request."""
 
@@ -161,22 +171,35 @@ class InferCall:
         self.on_error = on_error or (lambda kind: None)   # metrics: proxy_triton_errors_total{kind}
         self.on_crash = on_crash or (lambda detail: None)  # the model's process died: Readiness.mark_crashed
         self.slots = slots   # this model's calls in flight from this worker (shared by its routes)
-        self.template = service_pb2.ModelInferRequest(
+        # The request is written as bytes: serialized protobuf messages concatenate as a merge, and repeated fields
+        # keep their order, so the prebuilt part (model, version, requested outputs), then per input its
+        # InferInputTensor (cached per shape) and its raw_input_contents, make the ModelInferRequest.
+        self.prefix = service_pb2.ModelInferRequest(
             model_name=info.name, model_version=info.version,
-            outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in output_names])
+            outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in output_names]
+        ).SerializeToString()
+        self.heads = {}
+
+    def head(self, name, shape):
+        head = self.heads.get((name, shape))
+        if head is None:
+            if len(self.heads) > 256:   # inputs with variable dimensions: keep the cache small
+                self.heads.clear()
+            tensor = service_pb2.ModelInferRequest.InferInputTensor(name=name, datatype=self.info.inputs[name][0],
+                                                                    shape=shape).SerializeToString()
+            head = self.heads[(name, shape)] = _field(5, len(tensor)) + tensor
+        return head
 
     def __call__(self, tensors):
         """{input name: numpy array} -> {output name: numpy array}, in one gRPC call."""
-        request = service_pb2.ModelInferRequest()
-        request.CopyFrom(self.template)
+        parts = [self.prefix]
         inputs = self.info.inputs
         for name, arr in tensors.items():
-            datatype = inputs[name][0]
-            request.inputs.add(name=name, datatype=datatype, shape=arr.shape)
-            request.raw_input_contents.append(codecs.to_raw(arr, datatype))
+            raw = codecs.raw_view(arr, inputs[name][0])
+            parts += (self.head(name, arr.shape), _field(7, len(raw)), raw)
         try:
             with self.slots:
-                response = self.call("ModelInfer", request, self.timeout)
+                response = self.call("ModelInfer", parts, self.timeout)
         except RpcError as exc:
             self.on_error(_KIND.get(exc.code) or exc.name.lower())
             if crashed(exc):

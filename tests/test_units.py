@@ -343,3 +343,27 @@ def test_the_proxys_own_paths_are_refused_as_api_urls(url):
         modelarts.parse({"model_algorithm": "x", "model_type": "Image", "apis": [
             {"url": url, "request": {"Content-type": "application/json", "data": {"properties": {"a": {"type": "string"}}}},
              "response": {"Content-type": "application/json", "data": {"properties": {"b": {"type": "string"}}}}}]})
+
+
+def test_infer_request_written_as_bytes_equals_the_protobuf_message():
+    """InferCall writes ModelInferRequest as concatenated fields; protobuf must read it as the message it means."""
+    from tritonclient.grpc import service_pb2
+    from serving import triton
+    info = ModelInfo("m", "2", {"a": ("FP32", [-1, 3]), "b": ("BYTES", [-1, 1])}, {"y": ("FP32", [-1, 3])}, True, 8)
+
+    class Capture:
+        def call(self, method, parts, timeout):
+            self.parts = parts
+            return service_pb2.ModelInferResponse()
+    c = Capture()
+    call = triton.InferCall(c, info, ["y"], 1.0, triton.slots(1, 1)[0])
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.array([[b"x" * 200]], dtype=np.object_)
+    call({"a": a, "b": b})
+    got = service_pb2.ModelInferRequest.FromString(b"".join(bytes(p) for p in c.parts))
+    want = service_pb2.ModelInferRequest(model_name="m", model_version="2", outputs=[
+        service_pb2.ModelInferRequest.InferRequestedOutputTensor(name="y")])
+    want.inputs.add(name="a", datatype="FP32", shape=[2, 3])
+    want.inputs.add(name="b", datatype="BYTES", shape=[1, 1])
+    want.raw_input_contents.extend([a.tobytes(), codecs.to_raw(b, "BYTES")])
+    assert got == want
