@@ -488,11 +488,12 @@ class Connection:
             stream.recv_unacked = 0
 
     def _decode(self, block):
+        """A header block -> {name: value} (read only: a cached dict is shared)."""
         cached = self.indexed_cache.get(block)
         if cached is not None:
             return cached
         try:
-            headers = self.decoder.decode(block)
+            headers = dict(self.decoder.decode(block))
         except hpack.HPACKError as exc:
             raise ProtocolError(f"HPACK: {exc}") from None
         if block and min(block) >= 0x80:   # indexed fields only: the table is unchanged, the block means this again
@@ -502,7 +503,7 @@ class Connection:
         return headers
 
     def _headers(self, stream_id, flags, block):
-        headers = dict(self._decode(block))   # decoded even for a stream that is gone: the table must follow
+        headers = self._decode(block)   # decoded even for a stream that is gone: the table must follow
         stream = self.streams.get(stream_id)
         if stream is None:
             if stream_id >= self.next_id or not stream_id & 1:
