@@ -33,7 +33,8 @@ gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 
 name=gpu-$(echo "${gpu:-none}" | tr -c 'A-Za-z0-9\n' '-' | tr -s '-')
 require=--require-gpu
 [ "${REQUIRE_GPU:-1}" = 1 ] || require=
-# The proxy gets the product's default workers (one per CPU).
+# The proxy gets the product's default workers (one per CPU). The per-worker peers (FastAPI, hand-rolled) need
+# packages the pack does not carry (uvicorn, grpcio's aio client): that comparison is made on the CPU machine.
 "$W/venv/bin/python" benchmarks/bench.py $require --gpu "${gpu:-no GPU}" --seconds "${BENCH_SECONDS:-3}" \
-    --no-perf-analyzer --name "$name" --out "${OUT:-benchmarks/results}"
+    --no-perf-analyzer --no-peers --name "$name" --out "${OUT:-benchmarks/results}"
 echo "gpu.sh: done in $(( $(date +%s) - started ))s"
