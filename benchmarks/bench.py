@@ -605,6 +605,19 @@ def report(args, rows, health, isolation=None, v2=(), peers=()):
                                       "peers": list(peers)}
 
 
+def _dress(axes, col, cs, title, lower, fontsize=None):
+    """One column of the plot: requests/s above, `lower` below, concurrency on a log scale."""
+    axes[0][col].set_title(title)
+    axes[0][col].set_ylabel("requests/s")
+    axes[1][col].set_ylabel(lower)
+    for ax in (axes[0][col], axes[1][col]):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(cs, [str(c) for c in cs])
+        ax.set_xlabel("concurrency")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=fontsize)
+
+
 def plot(rows, path, peers=()):
     import matplotlib
     matplotlib.use("Agg")
@@ -621,30 +634,14 @@ def plot(rows, path, peers=()):
             axes[0][col].plot(cs, [r[side]["rps"] for r in ident], "s-" if side == "proxy" else "o--", label=label)
             axes[1][col].plot(cs, [r[side]["cpu_ms_per_request"] for r in ident], "s-" if side == "proxy" else "o--",
                               label=label)
-        axes[0][col].set_title("identity, per worker")
-        axes[0][col].set_ylabel("requests/s")
-        axes[1][col].set_ylabel("CPU ms per request")
-        for ax in (axes[0][col], axes[1][col]):
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(cs, [str(c) for c in cs])
-            ax.set_xlabel("concurrency")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+        _dress(axes, col, cs, "identity, per worker", "CPU ms per request", fontsize=7)
     for col, name in enumerate(names):
         pts = [r for r in rows if r["workload"] == name]
         cs = [r["concurrency"] for r in pts]
         for side, style in (("direct", "o--"), ("proxy", "s-")):
             axes[0][col].plot(cs, [r[side]["rps"] for r in pts], style, label=side)
             axes[1][col].plot(cs, [r[side]["p50_ms"] for r in pts], style, label=side)
-        axes[0][col].set_title(name)
-        axes[0][col].set_ylabel("requests/s")
-        axes[1][col].set_ylabel("p50 latency (ms)")
-        for ax in (axes[0][col], axes[1][col]):
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(cs, [str(c) for c in cs])
-            ax.set_xlabel("concurrency")
-            ax.grid(alpha=0.3)
-            ax.legend()
+        _dress(axes, col, cs, name, "p50 latency (ms)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 

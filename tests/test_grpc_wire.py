@@ -78,6 +78,33 @@ def infer(channel, model, raw=(), timeout=10.0, **params):
     return response
 
 
+class ClosedLoop:
+    """`n` greenlets, each making its next call as soon as the last one ended. `call(k, i)` returns whether the
+    answer is right or raises RpcError. Outcomes: "ok", "wrong" or the gRPC status name; no call may outlive its 5 s
+    deadline."""
+
+    def __init__(self, n, call):
+        self.outcomes, self.stop = [], False
+        self.jobs = [gevent.spawn(self.client, k, call) for k in range(n)]
+
+    def client(self, k, call):
+        i = 0
+        while not self.stop:
+            started = time.monotonic()
+            try:
+                self.outcomes.append("ok" if call(k, i) else "wrong")
+            except RpcError as exc:
+                self.outcomes.append(exc.name)
+                gevent.sleep(0.05)
+            assert time.monotonic() - started < 5.5
+            i += 1
+
+    def finish(self):
+        self.stop = True
+        gevent.joinall(self.jobs, timeout=10, raise_error=True)
+        assert all(j.dead for j in self.jobs)
+
+
 def stats(channel):
     return json.loads(channel.call(METADATA, service_pb2.ServerMetadataRequest(), service_pb2.ServerMetadataResponse,
                                    5).name)
@@ -191,23 +218,13 @@ def test_server_stop_under_load_then_restart(peer_factory):
     peer = peer_factory("--grace", 2)
     port = peer.port
     channel = grpc_wire.Channel("127.0.0.1", port)
-    outcomes, stop = [], False
 
-    def client(k):
-        i = 0
-        while not stop:
-            data = f"{k}:{i}".encode()
-            started = time.monotonic()
-            try:
-                ok = infer(channel, "slow", [data], timeout=5, seconds=0.05).raw_output_contents[0] == data
-                outcomes.append("ok" if ok else "wrong")
-            except RpcError as exc:
-                outcomes.append(exc.name)
-                gevent.sleep(0.05)
-            assert time.monotonic() - started < 5.5
-            i += 1
+    def call(k, i):
+        data = f"{k}:{i}".encode()
+        return infer(channel, "slow", [data], timeout=5, seconds=0.05).raw_output_contents[0] == data
 
-    jobs = [gevent.spawn(client, k) for k in range(16)]
+    load = ClosedLoop(16, call)
+    outcomes = load.outcomes
     gevent.sleep(1.0)
     before = len(outcomes)
     peer.stop()
@@ -221,9 +238,7 @@ def test_server_stop_under_load_then_restart(peer_factory):
     assert failed_while_down > 0
     peer_factory(port=port)
     gevent.sleep(1.0)
-    stop = True
-    gevent.joinall(jobs, timeout=10, raise_error=True)
-    assert all(j.dead for j in jobs)
+    load.finish()
     assert outcomes[-16:] == ["ok"] * 16, outcomes[-40:]
     assert "wrong" not in outcomes and set(outcomes) <= {"ok", "UNAVAILABLE", "CANCELLED"}
     assert outcomes.count("ok") > 100
@@ -421,28 +436,19 @@ def test_triton_stopped_and_started_again_under_load(tmp_path):
         raise AssertionError("Triton not ready:\n" + (tmp_path / "triton.log").read_text()[-3000:])
 
     triton = start_triton(repo, port, log)
-    outcomes, stop = [], False
+    load = None
     try:
         wait_ready()
 
-        def client(k):
-            i = 0
-            while not stop:
-                x = np.full((1, 16), k * 1000 + i, dtype=np.float32)
-                request = service_pb2.ModelInferRequest(model_name="identity")
-                request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
-                request.raw_input_contents.append(x.tobytes())
-                started = time.monotonic()
-                try:
-                    r = channel.call(INFER, request, service_pb2.ModelInferResponse, 5)
-                    outcomes.append("ok" if r.raw_output_contents[0] == x.tobytes() else "wrong")
-                except RpcError as exc:
-                    outcomes.append(exc.name)
-                    gevent.sleep(0.05)
-                assert time.monotonic() - started < 5.5
-                i += 1
+        def call(k, i):
+            x = np.full((1, 16), k * 1000 + i, dtype=np.float32)
+            request = service_pb2.ModelInferRequest(model_name="identity")
+            request.inputs.add(name="INPUT0", datatype="FP32", shape=[1, 16])
+            request.raw_input_contents.append(x.tobytes())
+            return channel.call(INFER, request, service_pb2.ModelInferResponse, 5).raw_output_contents[0] == x.tobytes()
 
-        jobs = [gevent.spawn(client, k) for k in range(8)]
+        load = ClosedLoop(8, call)
+        outcomes = load.outcomes
         gevent.sleep(1.5)
         triton.send_signal(signal.SIGTERM)
         while triton.poll() is None:
@@ -453,9 +459,7 @@ def test_triton_stopped_and_started_again_under_load(tmp_path):
         triton = start_triton(repo, port, log)
         wait_ready()
         gevent.sleep(1.0)
-        stop = True
-        gevent.joinall(jobs, timeout=10, raise_error=True)
-        assert all(j.dead for j in jobs)
+        load.finish()
         # While it drains, Triton unloads the model and answers NOT_FOUND; the proxy answers it, UNAVAILABLE and
         # CANCELLED alike, as 503 (serving/triton.py: translate).
         assert "wrong" not in outcomes and set(outcomes) <= {"ok", "UNAVAILABLE", "CANCELLED", "NOT_FOUND"}, \
@@ -464,7 +468,8 @@ def test_triton_stopped_and_started_again_under_load(tmp_path):
         assert outcomes.count("ok") > 200
         assert channel.conn.streams == {}
     finally:
-        stop = True
+        if load is not None:
+            load.stop = True
         channel.close()
         triton.kill()
         triton.wait()
