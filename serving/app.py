@@ -143,9 +143,8 @@ def create_app(settings=None):
             if not tensors:
                 raise BadRequest("the request carries none of the fields " + ", ".join(f.name for f in route.inputs))
             outputs = call(tensors)
-            return Response(codecs.dumps({n: codecs.output_value(outputs[n], types[n][0], info.batched, types[n][1],
-                                                                 batch) for n in names}),
-                            mimetype="application/json")
+            return _json({n: codecs.output_value(outputs[n], types[n][0], info.batched, types[n][1], batch)
+                          for n in names})
 
         return predict
 

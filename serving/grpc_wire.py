@@ -190,8 +190,9 @@ class Connection:
 
     # -- writing --------------------------------------------------------------------------------------------------
 
-    def _write(self, data):
-        self._out.append(data)
+    def _write(self, *parts):
+        """Queue bytes-like parts for the next flush (one send for everything written in this turn of the hub)."""
+        self._out += parts
         if not self._flush_due:
             self._flush_due = True
             self.hub.loop.run_callback(self._flush)
@@ -262,12 +263,8 @@ class Connection:
                 # message's parts as they are: the flush joins them once, into the send.
                 self.send_window -= n
                 stream.send_window -= n
-                self._out += (frame(HEADERS, END_HEADERS, stream.id, block)
-                              + _FRAME.pack(n >> 8, n & 0xFF, DATA, END_STREAM, stream.id)
-                              + _PREFIX.pack(0, n - 5), *parts)
-                if not self._flush_due:
-                    self._flush_due = True
-                    self.hub.loop.run_callback(self._flush)
+                self._write(frame(HEADERS, END_HEADERS, stream.id, block)
+                            + _FRAME.pack(n >> 8, n & 0xFF, DATA, END_STREAM, stream.id) + _PREFIX.pack(0, n - 5), *parts)
             else:
                 self._write(frame(HEADERS, END_HEADERS, stream.id, block))
                 self._send_data(stream, b"".join((_PREFIX.pack(0, n - 5), *parts)), deadline)
@@ -310,8 +307,9 @@ class Connection:
                     continue
                 self.send_window -= size
                 stream.send_window -= size
-                self._write(_FRAME.pack(size >> 8, size & 0xFF, DATA, END_STREAM if at + size == n else 0, stream.id))
-                self._out.append(view[at:at + size])   # copied once, when the flush joins it into the send
+                # The slice is copied once, when the flush joins it into the send.
+                self._write(_FRAME.pack(size >> 8, size & 0xFF, DATA, END_STREAM if at + size == n else 0, stream.id),
+                            view[at:at + size])
                 at += size
         finally:
             stream.sending = False
