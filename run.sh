@@ -7,8 +7,20 @@
 set -eu
 
 APP_HOME=${APP_HOME:-$(cd "$(dirname "$0")" && pwd)}
-MODEL_REPOSITORY=${MODEL_REPOSITORY:-$APP_HOME/model_repository}
-MODELARTS_CONFIG=${MODELARTS_CONFIG:-$APP_HOME/config.json}
+# The model repository: MODEL_REPOSITORY, else a ModelArts model package at /home/mind/model when it holds a model,
+# else the one in the image. Its config.json, when it carries one (as a model package does), is the one served.
+MODEL_PACKAGE=${MODEL_PACKAGE:-/home/mind/model}
+if [ -z "${MODEL_REPOSITORY:-}" ]; then
+    MODEL_REPOSITORY=$APP_HOME/model_repository
+    for f in "$MODEL_PACKAGE"/*/config.pbtxt; do
+        [ -f "$f" ] && MODEL_REPOSITORY=$MODEL_PACKAGE
+        break
+    done
+fi
+if [ -z "${MODELARTS_CONFIG:-}" ]; then
+    MODELARTS_CONFIG=$APP_HOME/config.json
+    [ ! -f "$MODEL_REPOSITORY/config.json" ] || MODELARTS_CONFIG=$MODEL_REPOSITORY/config.json
+fi
 TRITON_HOME=${TRITON_HOME:-/opt/tritonserver}
 MODEL_PYTHON=${MODEL_PYTHON:-python3}   # the python3 that Triton's python backend embeds
 PROXY_PYTHON=${PROXY_PYTHON:-python3}   # the python3 that runs gunicorn
@@ -25,7 +37,7 @@ PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-${TMPDIR:-/tmp}/serving-met
 export MODELARTS_CONFIG TRITON_GRPC_PORT TRITON_HTTP_PORT TRITON_METRICS_PORT DRAIN_FILE PROMETHEUS_MULTIPROC_DIR
 export PYTHONPATH="$APP_HOME${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
-log() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) run.sh: $*"; }
+log() { printf '%s run.sh: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*"; }
 
 triton_pid=
 gunicorn_pid=
@@ -99,9 +111,26 @@ shutdown() {
 
 rm -f "$DRAIN_FILE" "$DRAIN_FILE".crashed.*   # crash marks of a model (serving/triton.py) are per run
 rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
-trap 'rm -rf "$PROMETHEUS_MULTIPROC_DIR"' EXIT
+run_dir=$(mktemp -d "${TMPDIR:-/tmp}/serving-run.XXXXXX")   # Triton's output pipe and its load errors
+trap 'rm -rf "$PROMETHEUS_MULTIPROC_DIR" "$run_dir"' EXIT
 model_bin=$(dirname "$(command -v "$MODEL_PYTHON")")
-log "starting Triton: repository $MODEL_REPOSITORY, models' python $model_bin/python3"
+log "starting Triton: repository $MODEL_REPOSITORY, config $MODELARTS_CONFIG, models' python $model_bin/python3"
+# Without a GPU, Triton is told so (no GPU metrics, no CUDA memory pools) instead of logging four CUDA errors.
+gpu_args=
+if ! ls /dev/nvidia[0-9]* >/dev/null 2>&1; then
+    gpu_args="--allow-gpu-metrics=false --pinned-memory-pool-byte-size=0 --cuda-memory-pool-byte-size=0:0"
+    log "no GPU on this machine (no /dev/nvidia*): Triton runs on the CPU, without GPU metrics or CUDA memory pools"
+fi
+# Triton's output passes through awk on its way to stdout: the lines that say why a model failed to load are also
+# kept, for run.sh to repeat if Triton exits at start-up. Without a GPU, the one CUDA line no flag avoids is dropped.
+load_errors=$run_dir/triton-load-errors
+triton_out=$run_dir/triton-out
+mkfifo "$triton_out"
+awk -v keep="$load_errors" -v gpu="${gpu_args:+none}" '
+    gpu == "none" && /CudaDriverHelper has not been initialized/ { next }
+    { print; fflush() }
+    /failed to load .* version|[|] UNAVAILABLE: / { line = $0; sub(/\\n.*/, "", line); print line >>keep; fflush(keep) }
+    ' <"$triton_out" &
 # Triton's python backend embeds the python3 found first on PATH, hence the PATH.
 # shellcheck disable=SC2086 # TRITON_ARGS is a list of extra flags
 PATH="$model_bin:$PATH" "$TRITON_HOME/bin/tritonserver" \
@@ -111,7 +140,7 @@ PATH="$model_bin:$PATH" "$TRITON_HOME/bin/tritonserver" \
     --grpc-address=127.0.0.1 --grpc-port="$TRITON_GRPC_PORT" \
     --metrics-address=127.0.0.1 --metrics-port="$TRITON_METRICS_PORT" \
     --exit-timeout-secs=30 \
-    $TRITON_ARGS 2>&1 &
+    $gpu_args $TRITON_ARGS >"$triton_out" 2>&1 &
 triton_pid=$!
 
 started=$(date +%s)
@@ -125,6 +154,11 @@ while :; do
         exit 1
     fi
     [ -z "$stopping" ] || shutdown
+    if ! alive "$triton_pid" && [ -s "$load_errors" ]; then
+        sleep 0.2   # the last of Triton's lines
+        log "Triton stopped at start-up; why, from its log:"
+        sort -u "$load_errors" | while IFS= read -r line; do log "  $line"; done
+    fi
     check_children
     if [ $(( $(date +%s) - started )) -ge "$STARTUP_TIMEOUT" ]; then
         log "Triton not ready after ${STARTUP_TIMEOUT}s ($why); stopping"
@@ -134,6 +168,7 @@ while :; do
     nap 0.5
 done
 log "Triton ready after $(( $(date +%s) - started ))s; starting gunicorn"
+[ -z "$why" ] || echo "$why" | while IFS= read -r line; do log "$line"; done   # models that no api serves
 
 # Bind, gevent workers, keep-alive 200 and the graceful timeout are in serving/gunicorn.conf.py.
 "$PROXY_PYTHON" -m gunicorn --config "$APP_HOME/serving/gunicorn.conf.py" --chdir "$APP_HOME" \

@@ -47,6 +47,7 @@ def document(config, routes=None, title="", metrics=True):
         operation = {
             "operationId": f"{route.method.lower()}_{route.url.strip('/').replace('/', '_') or 'root'}",
             "summary": f"Inference on model {route.model!r}" if route.model else "Inference",
+            **({"x-triton-model": {"name": route.model, "version": route.version}} if route.model else {}),
             "requestBody": {"required": True, "content": {route.content_type: {"schema": _schema(route.request_schema)}}},
             "responses": {
                 "200": {"description": "The model's answer",

@@ -285,6 +285,12 @@ def main():
             else:
                 models = sorted({(r.model, r.version) for r in routes})
                 reason = Readiness(c, models, settings.health_timeout_s, 0).probe()
+                if reason is None:   # ready: say which loaded models no api serves (a 404 the user would meet)
+                    served = {r.model for r in routes}
+                    for name in sorted(set(repository(c, settings.health_timeout_s)) - served):
+                        print(f"warning: model {name!r} is ready in Triton but no api of {settings.modelarts_config} "
+                              f"serves it: add an api for it (make config writes one per model), or bind an "
+                              f"api's url to it with MODEL_BINDINGS='/url={name}'")
     finally:
         close()
     if reason:

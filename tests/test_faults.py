@@ -179,7 +179,6 @@ def fault_stack(tmp_path_factory):
     repo = d / "repo"
     repo.mkdir()
     (repo / "mnist").symlink_to(os.path.join(ROOT, "model_repository", "mnist"))
-    (repo / "torch_device.py").symlink_to(os.path.join(ROOT, "model_repository", "torch_device.py"))
     for model in ("slow", "crashy"):
         (repo / model).symlink_to(os.path.join(FAULT_MODELS, model))
     config = d / "config.json"

@@ -39,7 +39,7 @@ def image_python():
 
 
 def test_the_image_torch_is_built_for_cuda_12_and_names_its_architectures(image_python):
-    code = ("import sys, torch; sys.path.insert(0, 'model_repository'); import torch_device; "
+    code = ("import sys, torch; sys.path.insert(0, 'model_repository/mnist'); import torch_device; "
             "p = torch_device.probe(torch); print(p.torch_version, p.cuda, ' '.join(p.arch_list), sep='|')")
     out = subprocess.run([image_python, "-B", "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout

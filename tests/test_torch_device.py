@@ -1,4 +1,4 @@
-"""The models' device choice (model_repository/torch_device.py), with what torch reports faked: a GPU instance
+"""The models' device choice (torch_device.py in each model folder), with what torch reports faked: a GPU instance
 runs on its GPU, or fails to load with the cause; the CPU only where ALLOW_CPU_FALLBACK says so."""
 import os
 import sys
@@ -8,8 +8,8 @@ import pytest
 
 from conftest import ROOT
 
-sys.path.insert(0, os.path.join(ROOT, "model_repository"))
-sys.dont_write_bytecode = True   # a __pycache__ in model_repository/ would be taken by Triton for a model
+sys.path.insert(0, os.path.join(ROOT, "model_repository", "mnist"))
+sys.dont_write_bytecode = True   # no __pycache__ in the model folder
 import torch_device  # noqa: E402
 sys.dont_write_bytecode = False
 from torch_device import DeviceError, Probe, choose, runs_on  # noqa: E402
@@ -95,3 +95,10 @@ def test_driver_version_is_read_from_the_kernel_module(tmp_path):
                        "GCC version:  gcc version 12.2.0\n")
     assert torch_device.driver_version(str(version)) == "535.161.08"
     assert torch_device.driver_version(str(tmp_path / "absent")) is None
+
+
+def test_every_model_folder_carries_the_same_torch_device():
+    """Each model folder is self-contained (a folder is what a user copies), so each has its own copy."""
+    copies = {m: open(os.path.join(ROOT, "model_repository", m, "torch_device.py"), "rb").read()
+              for m in ("mnist", "text_embedding")}
+    assert copies["mnist"] == copies["text_embedding"]

@@ -110,9 +110,10 @@ def load_net(device):
 
 class TritonPythonModel:
     def initialize(self, args):
-        # The repository root holds torch_device.py, shared by the models: the GPU Triton assigns, or a clear failure.
-        sys.path.insert(0, os.path.dirname(args["model_repository"]))
-        sys.dont_write_bytecode = True   # a __pycache__ beside the models would stop Triton (not a model)
+        # torch_device.py, in the model's folder (a folder is what gets copied): the GPU Triton assigns, or a clear
+        # failure. Each model folder carries the same copy (tests/test_torch_device.py checks it).
+        sys.path.insert(0, args["model_repository"])
+        sys.dont_write_bytecode = True   # no __pycache__ in the model folder
         import torch_device
         self.device, where = torch_device.select(torch, args)
         if self.device.type == "cpu":

@@ -114,8 +114,8 @@ class Encoder:
 
 class TritonPythonModel:
     def initialize(self, args):
-        sys.path.insert(0, os.path.dirname(args["model_repository"]))
-        sys.dont_write_bytecode = True   # a __pycache__ beside the models would stop Triton (not a model)
+        sys.path.insert(0, args["model_repository"])   # torch_device.py, in the model's folder
+        sys.dont_write_bytecode = True   # no __pycache__ in the model folder
         import torch_device
         device, where = torch_device.select(torch, args)
         if device.type == "cpu":

@@ -1,0 +1,368 @@
+"""make rehearse: run a service the way ModelArts will, and say what would fail there.
+
+    python -m deploy.rehearse [--config PATH] [--model-repository DIR] [--image NAME[:TAG]] [--samples "f=path ..."]
+
+1. static checks: config.json against the specification (and the image's user, entry, port, size, folders);
+2. start: the local stack as `make serve` runs it, or the image as the platform runs it, probed on config.json's
+   health schedule (the console's defaults where it says nothing): time to ready against what the probes allow;
+3. calls: every api, with a request built from its schema, checked for status, response schema, latency (40 s
+   through APIG, 60 s in all), body sizes (12 MB, 8 MB) and a 4xx JSON answer to a malformed body;
+4. rolling upgrade: load on every api, then SIGTERM: /health 503 within a probe period, every request answered,
+   the stop within the grace period + 90 s, exit status 0.
+
+The report goes to stdout and to build/rehearsal/report.md and report.json; the exit status is 1 if anything FAILs.
+"""
+import argparse
+import json
+import os
+import shlex
+import sys
+import threading
+import time
+
+import requests
+
+from . import payloads, platform as P, static
+from .report import Report
+from .service import ROOT, Image, Local
+
+MB = 1024 * 1024
+
+
+def config_path(args):
+    if args.config:
+        return args.config
+    if args.model_repository and os.path.isfile(os.path.join(args.model_repository, "config.json")):
+        return os.path.join(args.model_repository, "config.json")
+    return os.path.join(ROOT, "config.json")
+
+
+def probe_settings(doc):
+    health = doc.get("health") if isinstance(doc.get("health"), dict) else {}
+    settings, defaulted = {}, []
+    for key, default in P.PROBE_DEFAULTS.items():
+        value = health.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= (0 if "delay" in key else 1):
+            settings[key] = value
+        else:
+            settings[key], _ = default, defaulted.append(key)
+    return settings, defaulted
+
+
+def get(url, timeout):
+    started = time.monotonic()
+    try:
+        resp = requests.get(url, timeout=timeout)
+        return resp, time.monotonic() - started
+    except requests.RequestException as exc:
+        return exc, time.monotonic() - started
+
+
+def start_phase(service, doc, report, wait_limit):
+    """Start the service, poll /health, and judge the time to ready against the platform's probe schedule."""
+    probes, defaulted = probe_settings(doc)
+    delay, period, timeout, threshold = (probes["initial_delay_seconds"], probes["period_seconds"],
+                                         probes["timeout_seconds"], probes["failure_threshold"])
+    budget = delay + period * threshold
+    schedule = (f"initial_delay_seconds {delay}, period_seconds {period}, failure_threshold {threshold}, "
+                f"timeout_seconds {timeout}" + (f" (console defaults for {', '.join(defaulted)})" if defaulted else ""))
+    report.add("INFO", "probe schedule", schedule + f": ready by {budget} s or restarted")
+    service.start()
+    started = time.monotonic()
+    limit = max(wait_limit, budget + 30)
+    ready_at, last = None, "no answer"
+    while time.monotonic() - started < limit:
+        if not service.running():
+            tail = "\n".join(service.log().splitlines()[-15:])
+            report.add("FAIL", "start", f"the service exited before it was ready; its last lines:\n{tail}", "proxy",
+                       "see the log lines above (whole log in build/rehearsal/service.log)")
+            return None
+        resp, took = get(service.url + "/health", timeout)
+        if isinstance(resp, requests.Response):
+            last = f"{resp.status_code} {resp.text[:200]}"
+            if resp.status_code in P.PROBE_OK:
+                ready_at = time.monotonic() - started
+                if took > timeout:
+                    report.add("FAIL", "/health latency", f"{took:.1f} s", "probe_timeout",
+                               "make /health cheap (it must not wait on the model)")
+                break
+        else:
+            last = type(resp).__name__
+        time.sleep(0.25)
+    if ready_at is None:
+        report.add("FAIL", "time to ready", f"not ready after {limit:.0f} s (last /health: {last}); the probes "
+                   f"give up at {budget} s and restart it, again and again", "startup",
+                   "see build/rehearsal/service.log; raise initial_delay_seconds in config.json's health block "
+                   "if start-up is only slow")
+        return None
+    # The platform probes at delay, delay + period, ...: the first probe at or after ready_at succeeds.
+    n = 1 if ready_at <= delay else 1 + -(-(ready_at - delay) // period)
+    if n <= threshold:
+        report.add("PASS", "time to ready", f"{ready_at:.1f} s: probe {n:.0f} of {threshold} succeeds "
+                   f"(budget {budget} s)", "startup")
+    else:
+        need = int(ready_at * 1.5) + period
+        report.add("FAIL", "time to ready", f"{ready_at:.1f} s, but the probes allow {budget} s ({delay} + {period} x "
+                   f"{threshold}): all {threshold} fail and the platform restarts the instance, in a loop", "startup",
+                   f'in config.json\'s health block set "initial_delay_seconds": {need} (or more '
+                   "failure_threshold), or make start-up faster")
+    # Liveness after ready: a few probes, each 2xx-3xx, JSON, within timeout_seconds.
+    seen = []
+    for _ in range(5):
+        resp, took = get(service.url + "/health", timeout)
+        seen.append((resp.status_code if isinstance(resp, requests.Response) else type(resp).__name__, took))
+        time.sleep(0.1)
+    bad = [s for s, t in seen if s not in P.PROBE_OK or t > timeout]
+    worst = max(t for _, t in seen)
+    report.add("FAIL" if bad else "PASS", "/health while ready", f"{len(seen) - len(bad)}/{len(seen)} probes OK, "
+               f"slowest {worst * 1000:.0f} ms" + (f"; got {bad}" if bad else ""),
+               "probe_status", "" if not bad else "see build/rehearsal/service.log")
+    return probes
+
+
+def model_inputs(service):
+    """{url: {input: item dims}} from /openapi.json's x-triton-model and Triton's config (v2 pass-through)."""
+    found = {}
+    try:
+        spec = requests.get(service.url + "/openapi.json", timeout=10).json()
+    except (requests.RequestException, ValueError):
+        return found
+    for url, ops in spec.get("paths", {}).items():
+        for op in ops.values():
+            model = (op.get("x-triton-model") or {}).get("name")
+            if not model:
+                continue
+            try:
+                cfg = requests.get(f"{service.url}/v2/models/{model}/config", timeout=10).json()
+                found[url] = {i["name"]: [int(d) for d in i.get("dims", [])] for i in cfg.get("input", [])}
+            except (requests.RequestException, ValueError, KeyError, TypeError):
+                pass
+    return found
+
+
+def call(service, api, kwargs, timeout):
+    method = str(api.get("method", "post")).upper()
+    started = time.monotonic()
+    try:
+        resp = requests.request(method, service.url + api["url"], timeout=timeout, **kwargs)
+    except requests.RequestException as exc:
+        return None, time.monotonic() - started, exc
+    return resp, time.monotonic() - started, None
+
+
+def body_size(kwargs):
+    req = requests.Request("POST", "http://x/", **kwargs).prepare()
+    return len(req.body or b"")
+
+
+def calls_phase(service, apis, samples, report):
+    """Every api once, as a client would; returns {url: (kwargs, answer)} for the apis that answered right."""
+    import jsonschema
+    shapes = model_inputs(service)
+    answered = {}
+    for api in apis:
+        where = f"{str(api.get('method', 'post')).upper()} {api['url']}"
+        kwargs, missing = payloads.build(api, shapes.get(api["url"], {}), samples)
+        if missing:
+            files = " ".join(f"{m}=path/to/file" for m in missing)
+            report.add("FAIL", f"{where}: request", f"give a sample for field {', '.join(map(repr, missing))}",
+                       "sample", f'make rehearse SAMPLES="{files}"')
+            continue
+        size = body_size(kwargs)
+        if size > P.APIG_BODY_MB * MB:
+            report.add("FAIL", f"{where}: request size", f"{size / MB:.1f} MB", "body_apig", "send a smaller body")
+        elif size > P.CONSOLE_BODY_MB * MB:
+            report.add("WARN", f"{where}: request size", f"{size / MB:.1f} MB", "body_console",
+                       "the console cannot send it; clients through APIG can")
+        resp, took, exc = call(service, api, kwargs, P.SYNC_TIMEOUT_S + 10)
+        if resp is None:
+            report.add("FAIL", f"{where}: answer", f"no answer after {took:.1f} s ({type(exc).__name__})", "sync_time",
+                       "see build/rehearsal/service.log")
+            continue
+        if took > P.SYNC_TIMEOUT_S:
+            report.add("FAIL", f"{where}: latency", f"{took:.1f} s", "sync_time", "answer well within 40 s")
+        elif took > P.APIG_TIMEOUT_S:
+            report.add("FAIL", f"{where}: latency", f"{took:.1f} s", "apig_time",
+                       "answer within 40 s (a smaller batch, a faster model), or use an asynchronous batch service")
+        else:
+            report.add("PASS", f"{where}: latency", f"{took * 1000:.0f} ms (APIG allows {P.APIG_TIMEOUT_S} s)",
+                       "apig_time")
+        if resp.status_code != 200:
+            report.add("FAIL", f"{where}: status", f"{resp.status_code} {resp.text[:300]}", "status",
+                       "see build/rehearsal/service.log" + (f"; sent {json.dumps(kwargs['json'])[:200]}"
+                                                            if "json" in kwargs else ""))
+            continue
+        length = len(resp.content)
+        if length > P.CONSOLE_BODY_MB * MB:
+            report.add("WARN", f"{where}: response size", f"{length / MB:.1f} MB", "body_console",
+                       "the console's Prediction tab shows at most 8 MB; answer with less (or a URL on OBS)")
+        try:
+            answer = resp.json()
+            jsonschema.validate(answer, api["response"]["data"])
+        except ValueError as exc:
+            report.add("FAIL", f"{where}: response schema", f"not JSON: {exc}", "schema", "answer with JSON")
+            continue
+        except jsonschema.ValidationError as exc:
+            report.add("FAIL", f"{where}: response schema", f"{exc.message} at {list(exc.absolute_path)}", "schema",
+                       "make the response schema describe what the model answers (make config writes it)")
+            continue
+        sent = (", ".join(f"{k}={v[0]}" for k, v in kwargs.get("files", {}).items())
+                or json.dumps(kwargs.get("json", kwargs.get("data")))[:120])
+        report.add("PASS", f"{where}: answer", f"200, {length} bytes, valid against the response schema "
+                   f"(sent {sent})", "schema")
+        answered[api["url"]] = (api, kwargs, answer)
+        bad = payloads.malformed(api)
+        resp, _, _ = call(service, api, bad, 30)
+        ok = resp is not None and 400 <= resp.status_code < 500 and _is_error_json(resp)
+        report.add("PASS" if ok else "FAIL", f"{where}: malformed body",
+                   f"{resp.status_code} {resp.text[:160]}" if resp is not None else "no answer", "bad_input",
+                   "" if ok else "answer bad input with a 4xx JSON error")
+    resp, _ = get(service.url + "/health", 5)
+    healthy = isinstance(resp, requests.Response) and resp.status_code == 200
+    report.add("PASS" if healthy else "FAIL", "/health after the calls",
+               resp.status_code if isinstance(resp, requests.Response) else type(resp).__name__, "bad_input")
+    return answered
+
+
+def _is_error_json(resp):
+    try:
+        return isinstance(resp.json(), dict)
+    except ValueError:
+        return False
+
+
+def upgrade_phase(service, answered, probes, report):
+    """Load on every api that answered, SIGTERM, and judge the drain."""
+    import jsonschema
+    grace, period = service.grace, probes["period_seconds"]
+    records, lock, stop_sending = [], threading.Lock(), threading.Event()
+
+    def client(api, kwargs):
+        with requests.Session() as s:
+            while not stop_sending.is_set():
+                sent = time.monotonic()
+                try:
+                    resp = s.request(str(api.get("method", "post")).upper(), service.url + api["url"],
+                                     timeout=P.SYNC_TIMEOUT_S + P.DRAIN_S, **kwargs)
+                    ok = resp.status_code == 200
+                    if ok:
+                        try:
+                            jsonschema.validate(resp.json(), api["response"]["data"])
+                        except (ValueError, jsonschema.ValidationError):
+                            ok = False
+                    outcome = resp.status_code if ok else f"{resp.status_code} {resp.text[:100]}"
+                except requests.RequestException as exc:
+                    outcome = type(exc).__name__
+                with lock:
+                    records.append((sent, time.monotonic(), outcome, api["url"]))
+
+    threads = [threading.Thread(target=client, args=(api, kwargs), daemon=True)
+               for api, kwargs, _ in answered.values() for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    term = time.monotonic()
+    service.terminate()
+    flipped = None
+    while time.monotonic() - term < period + 5:
+        resp, _ = get(service.url + "/health", 2)
+        if not (isinstance(resp, requests.Response) and resp.status_code in range(200, 300)):
+            flipped = time.monotonic() - term
+            what = resp.status_code if isinstance(resp, requests.Response) else type(resp).__name__
+            break
+        time.sleep(0.1)
+    if flipped is not None and flipped <= period:
+        report.add("PASS", "/health after SIGTERM", f"{what} after {flipped:.1f} s (period {period} s)", "drain_health")
+    else:
+        report.add("FAIL", "/health after SIGTERM", "still 2xx" if flipped is None else f"{what} after {flipped:.1f} s",
+                   "drain_health", "run.sh flips /health to 503 at once on SIGTERM; keep that in your entry")
+    time.sleep(max(0.0, term + grace - 0.5 - time.monotonic()))
+    stop_sending.set()
+    status = service.wait(grace + P.DRAIN_S + 15 - (time.monotonic() - term))
+    stopped = time.monotonic() - term
+    for t in threads:
+        t.join(P.SYNC_TIMEOUT_S + P.DRAIN_S)
+    after = [r for r in records if r[1] >= term]
+    wrong = [r for r in after if r[2] != 200 and r[0] < term + grace - 0.5]
+    report.add("FAIL" if wrong or not after else "PASS", "requests during the stop",
+               f"{len(after) - len(wrong)}/{len(after)} answered 200 with a valid body over {len(answered)} api(s)"
+               + (f"; failed: {sorted({str(r[2]) for r in wrong})[:5]}" if wrong else ""), "drain_serve",
+               "" if not wrong else "keep serving through the grace period and drain in-flight requests")
+    if status is None:
+        report.add("FAIL", "stop time", f"still running {stopped:.0f} s after SIGTERM", "drain_time",
+                   "stop within the grace period + 90 s")
+    else:
+        limit = grace + P.DRAIN_S
+        report.add("PASS" if stopped <= limit else "FAIL", "stop time",
+                   f"{stopped:.1f} s after SIGTERM (grace period {grace} s; limit {limit} s)", "drain_time")
+        report.add("PASS" if status == 0 else "FAIL", "exit status", status, "exit")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="make rehearse", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    env = os.environ.get
+    parser.add_argument("--config", default=env("CONFIG") or None)
+    parser.add_argument("--model-repository", default=env("MODEL_REPOSITORY") or None)
+    parser.add_argument("--image", default=env("IMAGE") or None)
+    parser.add_argument("--samples", default=env("SAMPLES", ""), help='"field=path ..." for file fields')
+    parser.add_argument("--grace", type=int, default=int(env("REHEARSE_GRACE") or P.GRACE_S),
+                        help="the grace period after SIGTERM (GRACE_PERIOD); the platform's is 60 s")
+    parser.add_argument("--docker", default=env("DOCKER") or None, help="the docker or podman command")
+    parser.add_argument("--network", default=env("REHEARSE_NETWORK", ""), help='"host": the image on the host network')
+    parser.add_argument("--out", default=os.path.join(ROOT, "build", "rehearsal"))
+    parser.add_argument("--static-only", action="store_true", help="phase 1 only")
+    parser.add_argument("--startup-wait", type=float, default=float(env("REHEARSE_STARTUP_WAIT") or 600),
+                        help="how long to wait for the first 200 from /health")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    path = config_path(args)
+    target = (f"config {path}; model repository {args.model_repository or 'model_repository/ (shipped)'}; "
+              + (f"image {args.image}" if args.image else "local stack"))
+    report = Report()
+    report.phase("static checks")
+    report.add("INFO", "rehearsing", target)
+    doc = static.load(path, report)
+    apis = static.check_config(doc, report) if doc is not None else []
+    proxy = static.check_proxy(path, report) if doc is not None else None
+    for api in apis:
+        static.batch_fitness(api, report)
+    docker = shlex.split(args.docker) if args.docker else None
+    if args.image:
+        if docker is None:
+            import shutil
+            docker = [next((t for t in ("docker", "podman") if shutil.which(t)), "docker")]
+        if static.inspect_image(docker, args.image, report) is not None:
+            static.inside_image(docker, args.image, report)
+    if args.static_only or doc is None or proxy is None or not apis:
+        if not args.static_only:
+            report.add("FAIL", "start", "not started: config.json has errors the service would stop on", "proxy",
+                       "fix the findings above")
+        return 1 if report.finish(args.out, target)["verdict"] == "FAIL" else 0
+    log_path = os.path.join(args.out, "service.log")
+    if args.image:
+        service = Image(docker, args.image, log_path, args.grace, args.model_repository,
+                        args.config, args.network)
+    else:
+        service = Local(log_path, args.grace, args.model_repository, path)
+    samples = payloads.parse_samples(args.samples)
+    try:
+        report.phase("start and probes")
+        report.add("INFO", "service", service.where)
+        probes = start_phase(service, doc, report, args.startup_wait)
+        if probes is not None:
+            report.phase("calls")
+            answered = calls_phase(service, apis, samples, report)
+            report.phase("rolling upgrade")
+            if answered:
+                upgrade_phase(service, answered, probes, report)
+            else:
+                report.add("FAIL", "rolling upgrade", "not rehearsed: no api answered", "drain_serve",
+                           "fix the calls above")
+    finally:
+        service.close()
+    return 1 if report.finish(args.out, target)["verdict"] == "FAIL" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
