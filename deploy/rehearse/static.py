@@ -174,7 +174,8 @@ def batch_fitness(api, report):
                    f"cannot serve it: {', '.join(repr(n) + ' is ' + str(props[n].get('type')) for n in unfit)} "
                    "(a CSV column holds one value)", "batch_csv")
     else:
-        rule = {"type": "object", "properties": {n: dict(s, index=i) for i, (n, s) in enumerate(props.items())}}
+        rule = {"type": "object", "properties": {n: {"type": s["type"], "index": i}
+                                                 for i, (n, s) in enumerate(props.items())}}
         report.add("PASS", f"{where}: CSV-mapped batch", "mapping_rule: " + json.dumps(rule), "batch_csv")
 
 
@@ -219,7 +220,8 @@ INSIDE = ('id -u; id -g; for d in %s %s; do if [ -d "$d" ] && [ -w "$d" ]; then 
 
 def inside_image(docker, image, report):
     uid, gid = P.USER
-    proc = subprocess.run([*docker, "run", "--rm", "--user", f"{uid}:{gid}", "--entrypoint", "sh", image, "-c", INSIDE],
+    proc = subprocess.run([*docker, "run", "--rm", "--network", "none", "--user", f"{uid}:{gid}", "--entrypoint", "sh",
+                           image, "-c", INSIDE],
                           capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         report.add("FAIL", "image: as uid 1000", f"a shell does not run: {proc.stderr.strip()[-300:]}", "user")

@@ -1,4 +1,4 @@
-"""Sleeps `seconds` (at most 30), then answers how long it slept."""
+"""Sleeps `seconds` (at most 60), then answers how long it slept."""
 import time
 
 import numpy as np
@@ -10,6 +10,6 @@ class TritonPythonModel:
         out = []
         for r in requests:
             seconds = float(pb_utils.get_input_tensor_by_name(r, "seconds").as_numpy().reshape(-1)[0])
-            time.sleep(min(max(seconds, 0.0), 30.0))
+            time.sleep(min(max(seconds, 0.0), 60.0))
             out.append(pb_utils.InferenceResponse([pb_utils.Tensor("slept", np.array([seconds], dtype=np.float32))]))
         return out
