@@ -34,10 +34,13 @@ $(STAMP): $(REQUIREMENTS) $(WEIGHTS) Makefile
 
 # The container tests build and run the image with podman (no Docker engine on these machines).
 # tests/test_sealed.py makes a network namespace with ip (iproute2).
+# As root they are installed with apt; another user without them gets one line, and those tests are skipped.
 container-tools:
 	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null && \
 	  command -v ip >/dev/null || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap iproute2 >/dev/null; }
+	  if [ "$$(id -u)" -ne 0 ]; then echo "make test: not root, and podman, runc, debootstrap or ip is missing:" \
+	    "the container and network tests will be skipped (as root, make test installs them)"; else \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap iproute2 >/dev/null; }; fi
 
 # One set of variables for make config, make serve and make rehearse:
 #   MODEL_REPOSITORY=dir   a model repository of one's own (default: the shipped model_repository/)
@@ -70,7 +73,9 @@ train: install
 # The benchmark's tools: wrk (both sides), libb64 and the CUDA runtime for perf_analyzer (tritonclient 2.51 wheel).
 bench-tools: install
 	@command -v wrk >/dev/null && [ -e /usr/lib/x86_64-linux-gnu/libb64.so.0d ] || \
-	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk libb64-0d >/dev/null; }
+	  if [ "$$(id -u)" -ne 0 ]; then echo "make: not root, and wrk or libb64 is missing: the benchmark's test" \
+	    "will be skipped, and make bench needs them (as root, it installs them)"; else \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk libb64-0d >/dev/null; }; fi
 	$(PY) -m pip install --quiet -r benchmarks/requirements.txt
 
 bench: bench-tools

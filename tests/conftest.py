@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,18 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STARTUP_S = 180
+
+
+def require(*tools, root=False):
+    """As root (CI), a missing tool is a failure: make test installs it. A make test run by another user (who has
+    no apt) skips the test instead, with one line saying what it needs."""
+    missing = [t for t in tools if not shutil.which(t)]
+    if not missing and (not root or os.geteuid() == 0):
+        return
+    if os.geteuid() != 0:
+        pytest.skip(f"needs {'root and ' if root else ''}{', '.join(tools)}: make test installs them with apt when "
+                    "run as root")
+    raise AssertionError(f"{', '.join(missing)} missing: make test installs them (apt-get install)")
 
 
 def free_port():

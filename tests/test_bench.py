@@ -5,10 +5,11 @@ import os
 import subprocess
 import sys
 
-from conftest import ROOT
+from conftest import ROOT, require
 
 
 def test_bench_smoke_runs_every_workload_with_right_answers(tmp_path):
+    require("wrk")
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench.py"), "--smoke",
                            "--out", str(tmp_path), "--name", "smoke"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

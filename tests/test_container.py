@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from conftest import ROOT, body, free_port
+from conftest import ROOT, body, free_port, require
 
 W = os.path.join(ROOT, "build", "podman")
 IMAGE = "localhost/triton-modelarts:test"
@@ -32,8 +32,7 @@ def pm(*args, check=True, timeout=600):
 
 @pytest.fixture(scope="module")
 def image():
-    for tool in ("podman", "runc", "debootstrap"):
-        assert shutil.which(tool), f"{tool} is missing: `make test` installs it (apt-get install podman runc debootstrap)"
+    require("podman", "runc", "debootstrap", root=True)
     subprocess.run(["sh", os.path.join(ROOT, "tests", "container", "make_base.sh"), W, sys.executable],
                    check=True, timeout=900)
     # The models' torch: a CPU wheel where pip has one at hand (the image is for GPUs, the test host has none);
@@ -176,3 +175,45 @@ def test_stop_drains_then_stops_gunicorn_then_triton(container):
     print(f"\npodman stop took {stopped_in:.1f}s with a {GRACE}s grace period")
     assert GRACE <= stopped_in < GRACE + 30
 
+
+
+def rehearse_image(image, *args):
+    env = dict(os.environ, DOCKER=os.path.join(W, "docker"), REHEARSE_NETWORK="host")   # podman here has no bridge
+    proc = subprocess.run(["make", "-s", "rehearse", f"IMAGE={image}", "REHEARSE_GRACE=3", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    with open(os.path.join(ROOT, "build", "rehearsal", "report.json")) as f:
+        report = json.load(f)
+    return proc, report, {f["check"]: f for f in report["findings"]}
+
+
+def test_make_rehearse_passes_on_the_image(image):
+    proc, report, found = rehearse_image(image)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert report["counts"]["FAIL"] == 0 and report["counts"]["WARN"] == 0, proc.stdout[-4000:]
+    assert [(found[c]["level"], found[c]["measured"]) for c in ("image: user", "image: entry", "image: port")] == [
+        ("PASS", "ma-user"), ("PASS", '["sh", "/home/run.sh"]'), ("PASS", "8080/tcp")]
+    assert found["image: /home/mind/model"]["measured"] == "ok for uid 1000"
+    assert found["image: /obs-mount"]["measured"] == "ok for uid 1000"
+    assert [found[f"image: {t}"]["level"] for t in ("python3", "java", "zip")] == ["PASS"] * 3
+    assert found["image: size"]["measured"].endswith("GB (limit 50 GB)")
+    assert found["POST /: answer"]["measured"].endswith('-> {"mnist_result":7}')
+    assert found["exit status"]["measured"] == "0"
+
+
+def test_a_model_package_at_home_mind_model_is_served_with_its_config(image):
+    """MODEL_REPOSITORY=dir mounts dir at /home/mind/model, as ModelArts downloads a model package there; run.sh
+    serves its models and its config.json."""
+    package = os.path.join(ROOT, "build", "rehearsal-package")
+    shutil.rmtree(package, ignore_errors=True)
+    shutil.copytree(os.path.join(ROOT, "tests", "models", "filesize"), os.path.join(package, "filesize"))
+    config = subprocess.run([sys.executable, "-m", "serving.generate", package], cwd=ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    with open(os.path.join(package, "config.json"), "w") as f:
+        f.write(config)
+    subprocess.run(["chmod", "-R", "a+rX", package], check=True)
+    sample = os.path.join(ROOT, "tests", "data", "seven.jpg")
+    proc, report, found = rehearse_image(image, f"MODEL_REPOSITORY={package}", f"SAMPLES=file={sample}")
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert found["POST /filesize: answer"]["measured"].endswith(f'-> {{"size":{os.path.getsize(sample)}}}')
+    log = open(os.path.join(ROOT, "build", "rehearsal", "service.log")).read()
+    assert "repository /home/mind/model, config /home/mind/model/config.json" in log

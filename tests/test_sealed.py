@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from conftest import require
+
 # Fixed names, so that a run that was killed half-way is cleaned up by the next one.
 NS = "serving-sealed"
 HOST_IF, NS_IF = "vsealed-h", "vsealed-n"
@@ -41,7 +43,7 @@ def sh(*cmd, check=True):
 
 @pytest.fixture
 def namespace():
-    assert os.geteuid() == 0, "this test makes a network namespace: run it as root (CI does)"
+    require("ip", root=True)   # it makes a network namespace
     sh("ip", "netns", "del", NS, check=False)
     sh("ip", "link", "del", HOST_IF, check=False)
     try:

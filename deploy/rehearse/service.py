@@ -17,6 +17,7 @@ PASSED = ("REQUEST_TIMEOUT", "MAX_BODY_MB", "WORKERS", "MODEL_BINDINGS", "INFLIG
 def free_port(preferred=None):
     for port in ([preferred] if preferred else []) + [0]:
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the server binds: TIME_WAIT is no use
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
