@@ -67,7 +67,11 @@ def start_phase(service, doc, report, wait_limit):
     schedule = (f"initial_delay_seconds {delay}, period_seconds {period}, failure_threshold {threshold}, "
                 f"timeout_seconds {timeout}" + (f" (console defaults for {', '.join(defaulted)})" if defaulted else ""))
     report.add("INFO", "probe schedule", schedule + f": ready by {budget} s or restarted")
-    service.start()
+    try:
+        service.start()
+    except (OSError, RuntimeError) as exc:
+        report.add("FAIL", "start", f"could not start it: {exc}", "proxy", "see the message")
+        return None
     started = time.monotonic()
     limit = max(wait_limit, budget + 30)
     ready_at, last = None, "no answer"
@@ -239,6 +243,7 @@ def upgrade_phase(service, answered, probes, report):
     import jsonschema
     grace, period = service.grace, probes["period_seconds"]
     records, lock, stop_sending = [], threading.Lock(), threading.Event()
+    expected = {url: answer for url, (_, _, answer) in answered.items()}
 
     def client(api, kwargs):
         with requests.Session() as s:
@@ -254,10 +259,11 @@ def upgrade_phase(service, answered, probes, report):
                         except (ValueError, jsonschema.ValidationError):
                             ok = False
                     outcome = resp.status_code if ok else f"{resp.status_code} {resp.text[:100]}"
+                    same = ok and resp.json() == expected[api["url"]]
                 except requests.RequestException as exc:
-                    outcome = type(exc).__name__
+                    outcome, same = type(exc).__name__, False
                 with lock:
-                    records.append((sent, time.monotonic(), outcome, api["url"]))
+                    records.append((sent, time.monotonic(), outcome, api["url"], same))
 
     threads = [threading.Thread(target=client, args=(api, kwargs), daemon=True)
                for api, kwargs, _ in answered.values() for _ in range(2)]
@@ -291,6 +297,10 @@ def upgrade_phase(service, answered, probes, report):
                f"{len(after) - len(wrong)}/{len(after)} answered 200 with a valid body over {len(answered)} api(s)"
                + (f"; failed: {sorted({str(r[2]) for r in wrong})[:5]}" if wrong else ""), "drain_serve",
                "" if not wrong else "keep serving through the grace period and drain in-flight requests")
+    differ = [r for r in after if r[2] == 200 and not r[4]]
+    if differ:
+        report.add("INFO", "answers during the stop", f"{len(differ)} of {len(after)} differ from the api's first "
+                   "answer (a model that is not deterministic, or float rounding in batches)")
     if status is None:
         report.add("FAIL", "stop time", f"still running {stopped:.0f} s after SIGTERM", "drain_time",
                    "stop within the grace period + 90 s")
@@ -332,11 +342,11 @@ def main(argv=None):
         static.batch_fitness(api, report)
     docker = shlex.split(args.docker) if args.docker else None
     if args.image:
-        if docker is None:
-            import shutil
-            docker = [next((t for t in ("docker", "podman") if shutil.which(t)), "docker")]
-        if static.inspect_image(docker, args.image, report) is not None:
+        docker = docker or static.engine()
+        gb = static.inspect_image(docker, args.image, report)
+        if gb is not None:
             static.inside_image(docker, args.image, report)
+            static.image_plus_model(gb, args.model_repository, report)
     if args.static_only or doc is None or proxy is None or not apis:
         if not args.static_only:
             report.add("FAIL", "start", "not started: config.json has errors the service would stop on", "proxy",

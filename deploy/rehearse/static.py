@@ -1,6 +1,8 @@
 """Phase 1: config.json against the specification, and the image's own settings, before anything runs."""
 import json
+import os
 import re
+import shutil
 import subprocess
 
 from . import platform as P
@@ -238,3 +240,26 @@ def inside_image(docker, image, report):
             rule = "model_dir" if thing == P.MODEL_DIR else "obs"
             report.add("PASS" if state == "ok" else "FAIL", f"image: {thing}", f"{state} for uid {uid}", rule,
                        "" if state == "ok" else f"mkdir -p {thing} && chown {uid}:{gid} {thing}")
+
+
+def engine():
+    """docker where its engine answers, else podman (machines with only the docker client have no engine)."""
+    if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0:
+        return ["docker"]
+    return ["podman"] if shutil.which("podman") else ["docker"]
+
+
+def image_plus_model(gb, repository, report):
+    """Custom engines on public resource pools: the image plus the model package, against the smaller limit."""
+    model_gb = 0.0
+    if repository:
+        for top, _, files in os.walk(repository):
+            model_gb += sum(os.path.getsize(os.path.join(top, f)) for f in files
+                            if os.path.isfile(os.path.join(top, f))) / 1e9
+    total = gb + model_gb
+    what = f"{total:.2f} GB (image {gb:.2f} GB + model package {model_gb:.2f} GB)"
+    if total > P.IMAGE_PLUS_MODEL_GB:
+        report.add("WARN", "image + model", what, "size_pool",
+                   "on a public resource pool, keep image and model under 30 GB (or use a dedicated pool)")
+    else:
+        report.add("PASS", "image + model", what + f"; public pools allow {P.IMAGE_PLUS_MODEL_GB} GB", "size_pool")
