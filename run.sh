@@ -121,18 +121,39 @@ if ! ls /dev/nvidia[0-9]* >/dev/null 2>&1; then
     gpu_args="--allow-gpu-metrics=false --pinned-memory-pool-byte-size=0 --cuda-memory-pool-byte-size=0:0"
     log "no GPU on this machine (no /dev/nvidia*): Triton runs on the CPU, without GPU metrics or CUDA memory pools"
 fi
+# MODEL_LOADING=on-demand (serving/loading.py): Triton loads only MODELS_PINNED at start-up; the proxy loads the
+# others on their first request, and unloads the least recently used beyond MAX_LOADED_MODELS.
+loading_args=
+case ${MODEL_LOADING:-all} in
+    all) ;;
+    on-demand)
+        # Not strict readiness: one model that failed to load must not make the whole server unready (the
+        # proxy's /health watches the pinned models itself).
+        loading_args="--model-control-mode=explicit --strict-readiness=false"
+        for m in $(echo "${MODELS_PINNED:-}" | tr ',' ' '); do loading_args="$loading_args --load-model=$m"; done
+        LOADING_DIR=$run_dir/loading
+        mkdir -p "$LOADING_DIR"
+        export LOADING_DIR MODEL_REPOSITORY
+        log "models load on demand: pinned ${MODELS_PINNED:-none}, at most ${MAX_LOADED_MODELS:-0} loaded (0: no limit)"
+        ;;
+    *) log "MODEL_LOADING=$MODEL_LOADING: give all or on-demand"; exit 1 ;;
+esac
 # Triton's output passes through awk on its way to stdout: the lines that say why a model failed to load are also
 # kept, for run.sh to repeat if Triton exits at start-up. Without a GPU, the one CUDA line no flag avoids is dropped.
 load_errors=$run_dir/triton-load-errors
 triton_out=$run_dir/triton-out
 mkfifo "$triton_out"
-awk -v keep="$load_errors" -v gpu="${gpu_args:+none}" '
+# mawk (Debian's and Ubuntu's awk) reads a pipe in blocks unless told otherwise: Triton's lines would come late.
+awk_opts=
+awk -W version 2>&1 | grep -q mawk && awk_opts="-W interactive"
+# shellcheck disable=SC2086
+awk $awk_opts -v keep="$load_errors" -v gpu="${gpu_args:+none}" '
     gpu == "none" && /CudaDriverHelper has not been initialized/ { next }
     { print; fflush() }
     /failed to load .* version|[|] UNAVAILABLE: / { line = $0; sub(/\\n.*/, "", line); print line >>keep; fflush(keep) }
     ' <"$triton_out" &
 # Triton's python backend embeds the python3 found first on PATH, hence the PATH.
-# shellcheck disable=SC2086 # TRITON_ARGS is a list of extra flags
+# shellcheck disable=SC2086 # the *_args and TRITON_ARGS are lists of flags
 PATH="$model_bin:$PATH" "$TRITON_HOME/bin/tritonserver" \
     --model-repository="$MODEL_REPOSITORY" \
     --backend-directory="$TRITON_HOME/backends" \
@@ -140,7 +161,7 @@ PATH="$model_bin:$PATH" "$TRITON_HOME/bin/tritonserver" \
     --grpc-address=127.0.0.1 --grpc-port="$TRITON_GRPC_PORT" \
     --metrics-address=127.0.0.1 --metrics-port="$TRITON_METRICS_PORT" \
     --exit-timeout-secs=30 \
-    $gpu_args $TRITON_ARGS >"$triton_out" 2>&1 &
+    $gpu_args $loading_args $TRITON_ARGS >"$triton_out" 2>&1 &
 triton_pid=$!
 
 started=$(date +%s)

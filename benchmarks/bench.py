@@ -224,13 +224,13 @@ def build_repository(workdir, only=None):
         for model in parent.iterdir():
             if (model / "config.pbtxt").exists() and (not only or model.name in only):
                 (repo / model.name).symlink_to(model)
-    (repo / "torch_device.py").symlink_to(ROOT / "model_repository" / "torch_device.py")
     # The embedding model again, without dynamic batching, to show what batching buys.
     if only:
         return repo
     nobatch = repo / "text_embedding_nobatch"
     nobatch.mkdir()
     (nobatch / "1").symlink_to(ROOT / "model_repository" / "text_embedding" / "1")
+    (nobatch / "torch_device.py").symlink_to(ROOT / "model_repository" / "text_embedding" / "torch_device.py")
     config = (ROOT / "model_repository" / "text_embedding" / "config.pbtxt").read_text()
     config = re.sub(r"dynamic_batching \{[^}]*\}", "", config).replace('name: "text_embedding"',
                                                                        'name: "text_embedding_nobatch"')
@@ -252,7 +252,7 @@ def run(args, workdir):
                   ACCESS_LOG=str(args.access_log).lower(), MODELARTS_CONFIG=args.config, GRACE_PERIOD="0",
                   WORKERS=str(args.workers or available_cpus())).start()
     if args.require_gpu:
-        # Every torch model says where it loaded (model_repository/torch_device.py); on a GPU machine, all on cuda.
+        # Every torch model says where it loaded (torch_device.py, in each model folder); on a GPU machine, all on cuda.
         placed = re.findall(r"(mnist: loaded \S+|resnet_bench|text_embedding: \S+ \(\S+\)) on (\S+)", stack.log())
         if len(placed) < 3 or any(not where.startswith("cuda") for _, where in placed):
             stack.terminate()

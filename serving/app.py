@@ -99,13 +99,22 @@ def create_app(settings=None):
     settings = settings or Settings.from_env()
     config = modelarts.load(settings.modelarts_config)
     client = triton.client(settings.triton_grpc_url)
-    routes, infos = triton.bound_routes(client, config, binding.parse_overrides(settings.model_bindings))
+    on_file = triton.loaded_models(settings)   # on-demand loading: bound from config.pbtxt, nothing loaded yet
+    routes, infos = triton.bound_routes(client, config, binding.parse_overrides(settings.model_bindings),
+                                        models=on_file)
     for route in routes:
         check_binding(route, infos[(route.model, route.version)])
-    readiness = triton.Readiness(client, infos, settings.health_timeout_s, settings.health_cache_s,
+    # /health: every bound model; with on-demand loading, the pinned ones (the others load when asked for).
+    watched = infos if on_file is None else [(m, "") for m in settings.models_pinned]
+    readiness = triton.Readiness(client, watched, settings.health_timeout_s, settings.health_cache_s,
                                  marks=settings.drain_file + ".crashed")
     slots = dict(zip(infos, triton.slots(len(infos), settings.inflight_per_model)))
-    metrics = Metrics(settings.triton_metrics_url) if settings.metrics else None
+    metrics = Metrics(settings.triton_metrics_url, on_demand=on_file is not None) if settings.metrics else None
+    loader = None
+    if on_file is not None:
+        from .loading import Loader
+        loader = Loader(client, settings.loading_dir, settings.models_pinned, settings.max_loaded_models, metrics,
+                        settings.health_timeout_s)
     if metrics is not None:
         from gevent import monkey
         if monkey.is_module_patched("socket"):   # a gunicorn worker; elsewhere (tests) each scrape flushes
@@ -132,11 +141,15 @@ def create_app(settings=None):
         names = [f.name for f in route.outputs]
         types = {f.name: (f.type, f.depth) for f in route.outputs}
         def on_crash(detail, name=info.name):
+            if loader is not None:
+                log.error("model %r crashed: %s; it is unloaded and loaded again on its next request", name, detail)
+                loader.crashed(name, detail)
+                return
             log.error("model %r crashed: %s; /health now answers 503 until the container restarts", name, detail)
             readiness.mark_crashed(name, detail)
 
         call = triton.InferCall(client, info, names, settings.request_timeout_s,   # prebuilt once per route
-                                slots[(info.name, info.version)], on_error, on_crash)
+                                slots[(info.name, info.version)], on_error, on_crash, loader)
 
         def predict():
             tensors, batch = decode(route, info)
@@ -162,7 +175,10 @@ def create_app(settings=None):
     def serving_error(exc):
         if exc.status >= 500:
             log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
-        return _json({"error": exc.message}, exc.status)
+        resp = _json({"error": exc.message}, exc.status)
+        if getattr(exc, "retry_after", None):
+            resp.headers["Retry-After"] = str(exc.retry_after)
+        return resp
 
     @app.errorhandler(HTTPException)
     def http_error(exc):

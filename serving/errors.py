@@ -28,6 +28,10 @@ class UnsupportedMediaType(ServingError):
 class Unavailable(ServingError):
     status = 503
 
+    def __init__(self, message, retry_after=None):
+        super().__init__(message)
+        self.retry_after = retry_after   # seconds, for a Retry-After header
+
 
 class DeadlineExceeded(ServingError):
     status = 504

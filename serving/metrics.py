@@ -18,6 +18,11 @@ template such as /v2/models/{model}/infer, or "other"; `method` is one of the HT
 - proxy_inflight_requests: requests being handled, summed over live workers
 - proxy_triton_errors_total{kind}: calls to Triton that failed (deadline, unavailable, protocol, or the gRPC
   status, e.g. invalid_argument, internal)
+With MODEL_LOADING=on-demand (serving/loading.py), also:
+- proxy_model_loads_total{model, result}: result ok, failed or timeout (the request's deadline passed first)
+- proxy_model_unloads_total{model, reason}: reason lru (to stay within MAX_LOADED_MODELS) or crashed
+- proxy_model_load_seconds: a histogram of load times
+- proxy_models_loaded: models Triton holds ready, as of the last load
 """
 import os
 from bisect import bisect_left
@@ -27,12 +32,13 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 METHODS = frozenset(("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"))
 # Seconds; ModelArts ends a synchronous call at 60 s.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 FLUSH_S = 1.0
 _active = None   # this process's Metrics, for worker_exit's last flush
 
 
 class Metrics:
-    def __init__(self, triton_metrics_url, timeout=2.0):
+    def __init__(self, triton_metrics_url, timeout=2.0, on_demand=False):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         own = None if self.multiprocess else CollectorRegistry()
@@ -45,6 +51,15 @@ class Metrics:
                               multiprocess_mode="livesum")
         self.triton_errors = Counter("proxy_triton_errors", "Calls to Triton that failed, by kind", ["kind"],
                                      registry=own)
+        if on_demand:
+            self.loads = Counter("proxy_model_loads", "Model loads on demand, by result", ["model", "result"],
+                                 registry=own)
+            self.unloads = Counter("proxy_model_unloads", "Models unloaded, by reason", ["model", "reason"],
+                                   registry=own)
+            self.load_seconds = Histogram("proxy_model_load_seconds", "Time to load a model on demand",
+                                          buckets=LOAD_BUCKETS, registry=own)
+            self.models_loaded = Gauge("proxy_models_loaded", "Models loaded in Triton", registry=own,
+                                       multiprocess_mode="mostrecent")
         self.triton_metrics_url, self.timeout = triton_metrics_url, timeout
         self.inflight_now = 0          # requests being handled in this worker
         self._counts, self._times = {}, {}   # since the last flush: (url, method, status) -> n; url -> [slots..., sum]
@@ -87,6 +102,16 @@ class Metrics:
 
     def triton_error(self, kind):
         self.triton_errors.labels(kind).inc()
+
+    def model_loaded(self, model, result, seconds, loaded=None):
+        self.loads.labels(model, result).inc()
+        if result == "ok":
+            self.load_seconds.observe(seconds)
+        if loaded is not None:
+            self.models_loaded.set(loaded)
+
+    def model_unloaded(self, model, reason):
+        self.unloads.labels(model, reason).inc()
 
     def render(self):
         """The scrape: the proxy's series, then Triton's own (or a comment saying why they are missing)."""

@@ -40,6 +40,13 @@ def available_cpus():
     return max(1, cpus)
 
 
+def _choice(name, choices):
+    raw = os.environ.get(name, "").strip().lower() or choices[0]
+    if raw not in choices:
+        raise SystemExit(f"settings: {name}={raw!r} is not one of {', '.join(choices)}")
+    return raw
+
+
 def _bool(name, default):
     raw = os.environ.get(name, "").strip().lower()
     return default if not raw else raw in ("1", "true", "yes", "on")
@@ -65,6 +72,11 @@ class Settings:
     metrics: bool               # /metrics and the per-request series behind it
     kserve_v2: bool             # the /v2/... pass-through to Triton's HTTP API (serving/v2.py)
     v2_connections: int         # keep-alive connections to Triton's HTTP port per worker
+    model_loading: str          # "all" (Triton loads every model at start-up) or "on-demand" (serving/loading.py)
+    models_pinned: tuple        # on-demand: models loaded at start-up that never unload
+    max_loaded_models: int      # on-demand: at most this many models loaded at once (0: no limit)
+    model_repository: str       # on-demand: the repository whose config.pbtxt files bind the routes
+    loading_dir: str            # on-demand: the workers' lock files (run.sh makes one per run)
 
     @classmethod
     def from_env(cls):
@@ -87,4 +99,9 @@ class Settings:
             metrics=_bool("METRICS", True),
             kserve_v2=_bool("KSERVE_V2", True),
             v2_connections=max(1, _int("V2_CONNECTIONS", 64)),
+            model_loading=_choice("MODEL_LOADING", ("all", "on-demand")),
+            models_pinned=tuple(m.strip() for m in os.environ.get("MODELS_PINNED", "").split(",") if m.strip()),
+            max_loaded_models=max(0, _int("MAX_LOADED_MODELS", 0)),
+            model_repository=os.environ.get("MODEL_REPOSITORY") or os.path.join(ROOT, "model_repository"),
+            loading_dir=os.environ.get("LOADING_DIR") or "/tmp/serving-loading",
         )

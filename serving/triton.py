@@ -106,16 +106,27 @@ def repository(c, timeout=10.0):
     return {name: model_info(c, name, "", timeout) for name in sorted({m.name for m in index.models})}
 
 
-def bound_routes(c, config, overrides, timeout=10.0):
-    """config.json's routes bound to Triton's models, and the ModelInfo of each (model, version) they use."""
+def bound_routes(c, config, overrides, timeout=10.0, models=None):
+    """config.json's routes bound to Triton's models, and the ModelInfo of each (model, version) they use.
+    `models`: {name: ModelInfo} read from the repository's files (on-demand loading); else Triton's ready ones."""
     from . import binding
-    models = repository(c, timeout)
+    on_file = models is not None
+    models = models if on_file else repository(c, timeout)
     routes = binding.bind(config.routes, models, overrides)
     infos = {}
     for r in routes:
         if (r.model, r.version) not in infos:
-            infos[(r.model, r.version)] = models[r.model] if not r.version else model_info(c, r.model, r.version, timeout)
+            infos[(r.model, r.version)] = (models[r.model] if not r.version or on_file
+                                           else model_info(c, r.model, r.version, timeout))
     return routes, infos
+
+
+def loaded_models(settings):
+    """On-demand loading: the models' info from the repository's config.pbtxt files; else None (ask Triton)."""
+    if settings.model_loading != "on-demand":
+        return None
+    from . import loading
+    return loading.read_repository(settings.model_repository)
 
 
 # gRPC status -> the HTTP error the caller sees.
@@ -166,8 +177,9 @@ def _field(number, length):
 class InferCall:
     """One route's call to its model: the request prebuilt once, filled per request."""
 
-    def __init__(self, c, info, output_names, timeout, slots, on_error=None, on_crash=None):
+    def __init__(self, c, info, output_names, timeout, slots, on_error=None, on_crash=None, loader=None):
         self.call, self.info, self.timeout = c.call, info, timeout
+        self.loader = loader   # on-demand loading (serving/loading.py): the model is loaded, and held, per call
         self.on_error = on_error or (lambda kind: None)   # metrics: proxy_triton_errors_total{kind}
         self.on_crash = on_crash or (lambda detail: None)  # the model's process died: Readiness.mark_crashed
         self.slots = slots   # this model's calls in flight from this worker (shared by its routes)
@@ -198,8 +210,11 @@ class InferCall:
             raw = codecs.raw_view(arr, inputs[name][0])
             parts += (self.head(name, arr.shape), _field(7, len(raw)), raw)
         try:
-            with self.slots:
-                response = self.call("ModelInfer", parts, self.timeout)
+            if self.loader is None:
+                with self.slots:
+                    response = self.call("ModelInfer", parts, self.timeout)
+            else:
+                response = self._held_call(parts)
         except RpcError as exc:
             self.on_error(_KIND.get(exc.code) or exc.name.lower())
             if crashed(exc):
@@ -207,6 +222,16 @@ class InferCall:
             raise translate(exc, self.timeout) from None
         return {out.name: codecs.from_raw(raw, out.datatype, out.shape)
                 for out, raw in zip(response.outputs, response.raw_output_contents)}
+
+    def _held_call(self, parts):
+        """The call with the model loaded first, if need be; loading counts against the deadline."""
+        name, deadline = self.info.name, time.monotonic() + self.timeout
+        self.loader.enter(name, deadline)
+        try:
+            with self.slots:
+                return self.call("ModelInfer", parts, max(0.001, deadline - time.monotonic()))
+        finally:
+            self.loader.leave(name)
 
 
 class Readiness:
@@ -276,19 +301,23 @@ def main():
         reason = Readiness(c, [], settings.health_timeout_s, 0).probe()
         if reason is None:
             try:
-                routes, _ = bound_routes(c, config, overrides, settings.health_timeout_s)
+                on_file = loaded_models(settings)
+                routes, _ = bound_routes(c, config, overrides, settings.health_timeout_s, on_file)
             except ConfigError as exc:
                 print(f"config.json: {exc}")
                 return 2
             except ServingError as exc:
                 reason = exc.message
             else:
-                models = sorted({(r.model, r.version) for r in routes})
+                models = (sorted({(r.model, r.version) for r in routes}) if on_file is None
+                          else [(m, "") for m in settings.models_pinned])
                 reason = Readiness(c, models, settings.health_timeout_s, 0).probe()
-                if reason is None:   # ready: say which loaded models no api serves (a 404 the user would meet)
+                if reason is None:   # ready: say which models no api serves (a 404 the user would meet)
                     served = {r.model for r in routes}
-                    for name in sorted(set(repository(c, settings.health_timeout_s)) - served):
-                        print(f"warning: model {name!r} is ready in Triton but no api of {settings.modelarts_config} "
+                    known = on_file if on_file is not None else repository(c, settings.health_timeout_s)
+                    for name in sorted(set(known) - served):
+                        print(f"warning: model {name!r} is {'in the repository' if on_file else 'ready in Triton'} "
+                              f"but no api of {settings.modelarts_config} "
                               f"serves it: add an api for it (make config writes one per model), or bind an "
                               f"api's url to it with MODEL_BINDINGS='/url={name}'")
     finally:

@@ -41,8 +41,8 @@ def resnet_like():
 
 class TritonPythonModel:
     def initialize(self, args):
-        # torch_device.py sits at the repository root (the bench links it there, beside the models).
-        sys.path.insert(0, os.path.dirname(args["model_repository"]))
+        # torch_device.py, in the model's folder (a link to the shipped models' copy).
+        sys.path.insert(0, args["model_repository"])
         sys.dont_write_bytecode = True   # a __pycache__ beside the models would stop Triton (not a model)
         import torch_device
         self.device, where = torch_device.select(torch, args)

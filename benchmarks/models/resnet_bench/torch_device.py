@@ -1,0 +1,1 @@
+../../../model_repository/mnist/torch_device.py

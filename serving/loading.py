@@ -1,0 +1,306 @@
+"""On-demand model loading (MODEL_LOADING=on-demand): Triton runs with explicit model control, a model loads on its
+first request, and under a budget (MAX_LOADED_MODELS) the least recently used one with nothing in flight unloads
+to make room. MODELS_PINNED load at start-up and never unload.
+
+Routes are bound from each model's config.pbtxt (`read_repository`), so that nothing needs to be loaded to start.
+
+The gunicorn workers coordinate through lock files in LOADING_DIR (one folder per run, made by run.sh):
+- `repository.lock`: held exclusively by the one worker that changes what Triton has loaded (a load or an unload),
+  so two loads of one model are never sent (Triton would reload a loaded model) and the budget is counted once;
+- `<model>.lock`: held shared by every worker with a request in flight for the model. Unloading needs it
+  exclusively, so a model is never unloaded under a request. Its mtime is the model's last use: the LRU order;
+- `<model>.failed` holds Triton's reason for a failed load, answered for LOAD_RETRY_S before a new try;
+- `<model>.crashed`: the model's process died; the next request unloads it and loads it again.
+Locks are tried without blocking and retried every POLL_S on gevent's clock, so a waiting greenlet never stalls
+its worker. Every wait counts against the request's deadline.
+"""
+import fcntl
+import logging
+import os
+import time
+
+import gevent
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2, service_pb2
+
+from .errors import ConfigError, DeadlineExceeded, Unavailable
+from .grpc_wire import DEADLINE_EXCEEDED, RpcError
+
+log = logging.getLogger("serving.loading")
+
+POLL_S = 0.02
+LOAD_RETRY_S = 10.0
+TOUCH_S = 0.5
+UNLOAD_WAIT_S = 60.0
+HELD = ("READY", "LOADING", "UNLOADING")   # states that hold the model's memory
+
+
+def _datatype(data_type):
+    name = model_config_pb2.DataType.Name(data_type).removeprefix("TYPE_")
+    return "BYTES" if name == "STRING" else name
+
+
+def read_repository(path):
+    """{name: ModelInfo} of every model folder in the repository, read from its config.pbtxt: what binding and
+    decoding need, with nothing loaded."""
+    from .triton import ModelInfo
+    try:
+        folders = sorted(d for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, "config.pbtxt")))
+    except OSError as exc:
+        raise ConfigError(f"MODEL_LOADING=on-demand: cannot read the model repository {path}: {exc}") from None
+    models = {}
+    for folder in folders:
+        config = model_config_pb2.ModelConfig()
+        where = os.path.join(path, folder, "config.pbtxt")
+        try:
+            with open(where) as f:
+                text_format.Parse(f.read(), config)
+        except (OSError, text_format.ParseError) as exc:
+            raise ConfigError(f"MODEL_LOADING=on-demand: {where} cannot be read: {exc}") from None
+        name = config.name or folder
+        if not config.input or not config.output:
+            raise ConfigError(f"MODEL_LOADING=on-demand: {where} declares no inputs or no outputs; on-demand "
+                              "loading binds routes from config.pbtxt before the model is loaded, so declare them")
+        batch = [-1] if config.max_batch_size > 0 else []
+
+        def tensors(items):
+            return {t.name: (_datatype(t.data_type), batch + [int(d) for d in t.dims]) for t in items}
+
+        models[name] = ModelInfo(name=name, version="", inputs=tensors(config.input), outputs=tensors(config.output),
+                                 batched=config.max_batch_size > 0, max_batch_size=config.max_batch_size)
+    return models
+
+
+class _Users:
+    """This worker's requests in flight for one model, and the shared lock they hold together."""
+    __slots__ = ("count", "fd", "ready", "guard")
+
+    def __init__(self, fd):
+        from gevent.lock import Semaphore
+        self.count, self.fd, self.ready, self.guard = 0, fd, False, Semaphore()
+
+
+class Loader:
+    def __init__(self, client, lock_dir, pinned=(), max_loaded=0, metrics=None, timeout=10.0):
+        self.client, self.dir, self.pinned, self.max_loaded = client, lock_dir, set(pinned), max_loaded
+        self.metrics, self.timeout = metrics, timeout
+        os.makedirs(lock_dir, exist_ok=True)
+        self.users = {}        # model -> _Users (fds used for the shared in-flight locks)
+        self.evict_fds = {}    # model -> fd used to test and hold a victim's lock (a separate open file)
+        self.touched = {}
+        self.repo_fd = self._open("repository")
+
+    def _open(self, name):
+        return os.open(os.path.join(self.dir, name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+
+    @staticmethod
+    def _lock(fd, mode, deadline):
+        """flock without blocking the worker: retried every POLL_S until `deadline`. False if it never came."""
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    return False
+                gevent.sleep(POLL_S)
+
+    # The request's side
+
+    def enter(self, name, deadline):
+        """Before a request's call to `name`: the model is loaded and cannot be unloaded until leave(name)."""
+        users = self.users.get(name)
+        if users is None:
+            users = self.users[name] = _Users(self._open(name))
+        if users.count == 0 and not self._lock(users.fd, fcntl.LOCK_SH, deadline):
+            raise DeadlineExceeded(f"model {name!r} was being unloaded for longer than the request's deadline")
+        users.count += 1
+        try:
+            if not users.ready:
+                if not users.guard.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                    raise DeadlineExceeded(f"model {name!r} did not load within the request's deadline")
+                try:
+                    if not users.ready:
+                        self._ensure(name, deadline)
+                        users.ready = True
+                finally:
+                    users.guard.release()
+        except BaseException:
+            self.leave(name)
+            raise
+        now = time.monotonic()
+        if now - self.touched.get(name, 0.0) >= TOUCH_S:   # the LRU order, shared through the file's mtime
+            self.touched[name] = now
+            os.utime(users.fd)
+
+    def leave(self, name):
+        users = self.users[name]
+        users.count -= 1
+        if users.count == 0:
+            users.ready = False   # once nothing holds it, another worker may unload it: look again next time
+            fcntl.flock(users.fd, fcntl.LOCK_UN)
+
+    def crashed(self, name, detail):
+        """The model's process died (Triton keeps it READY but fails every request): reload it on the next one."""
+        with open(os.path.join(self.dir, name + ".crashed"), "w") as f:
+            f.write(detail + "\n")
+        users = self.users.get(name)
+        if users is not None:
+            users.ready = False
+
+    # Loading, under repository.lock
+
+    def _index(self, timeout):
+        answer = self.client.call("RepositoryIndex", service_pb2.RepositoryIndexRequest(ready=False), timeout)
+        return {m.name: (m.state, m.reason) for m in answer.models}
+
+    def _ready(self, name, timeout):
+        request = service_pb2.ModelReadyRequest(name=name)
+        return self.client.call("ModelReady", request, timeout).ready
+
+    def _remaining(self, deadline):
+        return max(0.001, deadline - time.monotonic())
+
+    def _ensure(self, name, deadline):
+        crash_mark = os.path.join(self.dir, name + ".crashed")
+        try:
+            if not os.path.exists(crash_mark) and self._ready(name, self._remaining(deadline)):
+                return
+        except RpcError as exc:
+            raise Unavailable(f"inference server is not reachable: {exc.details or exc.name}") from None
+        failed = os.path.join(self.dir, name + ".failed")
+        try:
+            if time.time() - os.path.getmtime(failed) < LOAD_RETRY_S:
+                with open(failed) as f:
+                    raise Unavailable(f"model {name!r} failed to load: {f.read().strip()}")
+        except FileNotFoundError:
+            pass
+        no_room = False
+        while True:
+            if not self._lock(self.repo_fd, fcntl.LOCK_EX, deadline):
+                break
+            try:
+                states = self._index(self._remaining(deadline))
+                state = states.get(name, ("", ""))[0]
+                if os.path.exists(crash_mark) and state == "READY":
+                    state = self._reload_crashed(name, crash_mark, deadline)
+                if state == "READY" and not os.path.exists(crash_mark):
+                    return
+                if state not in HELD and state != "BUSY":
+                    if self._make_room(name, states, deadline):
+                        self._load(name, deadline)
+                        return
+                    no_room = True
+            except RpcError as exc:
+                raise Unavailable(f"inference server is not reachable: {exc.details or exc.name}") from None
+            finally:
+                fcntl.flock(self.repo_fd, fcntl.LOCK_UN)
+            if time.monotonic() >= deadline:
+                break
+            gevent.sleep(0.05)   # another worker's load or unload of it, or every loaded model is busy
+        if no_room:
+            raise Unavailable(f"model {name!r} is not loaded, and the {self.max_loaded} loaded models "
+                              "(MAX_LOADED_MODELS) all have requests in flight", retry_after=1)
+        raise DeadlineExceeded(f"model {name!r} did not load within the request's deadline; it may still be "
+                               "loading: try again")
+
+    def _reload_crashed(self, name, crash_mark, deadline):
+        """Unload a crashed model once no other request has it (this one lets go of its own hold meanwhile):
+        "" when it is unloaded (to be loaded again), "BUSY" while other requests still have it."""
+        users = self.users[name]
+        own = users.count == 1
+        if own:
+            fcntl.flock(users.fd, fcntl.LOCK_UN)
+        try:
+            if not self._take(name):
+                return "BUSY"
+            self._unload(name, "crashed", deadline)
+            os.unlink(crash_mark)
+            return ""
+        finally:
+            if own and not self._lock(users.fd, fcntl.LOCK_SH, deadline):
+                raise DeadlineExceeded(f"model {name!r} was being unloaded for longer than the request's deadline")
+
+    def _take(self, name):
+        """Hold `name`'s lock exclusively if no request of any worker has it: True when held."""
+        fd = self.evict_fds.get(name)
+        if fd is None:
+            fd = self.evict_fds[name] = self._open(name)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def _release(self, name):
+        fcntl.flock(self.evict_fds[name], fcntl.LOCK_UN)
+
+    def _last_used(self, name):
+        try:
+            return os.path.getmtime(os.path.join(self.dir, name + ".lock"))
+        except FileNotFoundError:
+            return 0.0
+
+    def _make_room(self, name, states, deadline):
+        """Unload least recently used models with nothing in flight until `name` fits. False if none can go."""
+        if self.max_loaded <= 0:
+            return True
+        held = [m for m, (state, _) in states.items() if state in HELD and m != name]
+        while len(held) + 1 > self.max_loaded:
+            victims = sorted((m for m in held if m not in self.pinned and states[m][0] == "READY"),
+                             key=self._last_used)
+            for victim in victims:
+                if self._take(victim):
+                    self._unload(victim, "lru", deadline)
+                    held.remove(victim)
+                    break
+            else:
+                return False
+        return True
+
+    def _unload(self, name, reason, deadline):
+        """Unload and wait until Triton has let go of it (its unload API returns before that)."""
+        try:
+            self.client.call("RepositoryModelUnload", service_pb2.RepositoryModelUnloadRequest(model_name=name),
+                             self._remaining(deadline))
+            limit = time.monotonic() + UNLOAD_WAIT_S
+            while self._index(self.timeout).get(name, ("", ""))[0] in HELD and time.monotonic() < limit:
+                gevent.sleep(0.05)
+        finally:
+            self._release(name)
+        why = {"lru": f"least recently used, to stay within MAX_LOADED_MODELS={self.max_loaded}",
+               "crashed": "its process died; it loads again now"}[reason]
+        log.info("model %r unloaded (%s)", name, why)
+        if self.metrics is not None:
+            self.metrics.model_unloaded(name, reason)
+
+    def _load(self, name, deadline):
+        started = time.monotonic()
+        try:
+            self.client.call("RepositoryModelLoad", service_pb2.RepositoryModelLoadRequest(model_name=name),
+                             self._remaining(deadline))
+        except RpcError as exc:
+            if exc.code == DEADLINE_EXCEEDED:
+                self._count(name, "timeout", started)
+                raise DeadlineExceeded(f"model {name!r} is still loading after the request's deadline; it goes on "
+                                       "loading: try again") from None
+            reason = (exc.details or exc.name).strip()
+            with open(os.path.join(self.dir, name + ".failed"), "w") as f:
+                f.write(reason + "\n")
+            self._count(name, "failed", started)
+            log.error("model %r failed to load: %s", name, reason)
+            raise Unavailable(f"model {name!r} failed to load: {reason}") from None
+        try:
+            os.unlink(os.path.join(self.dir, name + ".failed"))
+        except FileNotFoundError:
+            pass
+        self._count(name, "ok", started)
+        log.info("model %r loaded on demand in %.2f s", name, time.monotonic() - started)
+
+    def _count(self, name, result, started):
+        if self.metrics is not None:
+            try:
+                loaded = sum(state == "READY" for state, _ in self._index(self.timeout).values())
+            except RpcError:
+                loaded = None
+            self.metrics.model_loaded(name, result, time.monotonic() - started, loaded)
