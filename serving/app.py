@@ -112,9 +112,11 @@ def create_app(settings=None):
     metrics = Metrics(settings.triton_metrics_url, on_demand=on_file is not None) if settings.metrics else None
     loader = None
     if on_file is not None:
-        from .loading import Loader
+        from .loading import Loader, Memory
+        memory = (Memory(settings.model_memory_budget, settings.model_repository, settings.triton_metrics_url,
+                         settings.loading_dir) if settings.model_memory_budget else None)
         loader = Loader(client, settings.loading_dir, settings.models_pinned, settings.max_loaded_models, metrics,
-                        settings.health_timeout_s)
+                        settings.health_timeout_s, memory)
     if metrics is not None:
         from gevent import monkey
         if monkey.is_module_patched("socket"):   # a gunicorn worker; elsewhere (tests) each scrape flushes

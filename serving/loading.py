@@ -1,6 +1,6 @@
 """On-demand model loading (MODEL_LOADING=on-demand): Triton runs with explicit model control, a model loads on its
-first request, and under a budget (MAX_LOADED_MODELS) the least recently used one with nothing in flight unloads
-to make room. MODELS_PINNED load at start-up and never unload.
+first request, and under a budget (MAX_LOADED_MODELS, MODEL_MEMORY_BUDGET) the least recently used one with
+nothing in flight unloads to make room. MODELS_PINNED load at start-up and never unload.
 
 Routes are bound from each model's config.pbtxt (`read_repository`), so that nothing needs to be loaded to start.
 
@@ -10,7 +10,8 @@ The gunicorn workers coordinate through lock files in LOADING_DIR (one folder pe
 - `<model>.lock`: held shared by every worker with a request in flight for the model. Unloading needs it
   exclusively, so a model is never unloaded under a request. Its mtime is the model's last use: the LRU order;
 - `<model>.failed` holds Triton's reason for a failed load, answered for LOAD_RETRY_S before a new try;
-- `<model>.crashed`: the model's process died; the next request unloads it and loads it again.
+- `<model>.crashed`: the model's process died; the next request has Triton load it again (a reload: a new
+  process replaces the dead one).
 Locks are tried without blocking and retried every POLL_S on gevent's clock, so a waiting greenlet never stalls
 its worker. Every wait counts against the request's deadline.
 """
@@ -80,10 +81,92 @@ class _Users:
         self.count, self.fd, self.ready, self.guard = 0, fd, False, Semaphore()
 
 
+def stub_rss(repository):
+    """{model: bytes} resident in its python-backend processes (one per instance; argv[1] is the model's
+    <repository>/<model>/<version>/model.py). What a CPU model holds; other backends live inside tritonserver."""
+    found, prefix = {}, os.path.realpath(repository) + os.sep
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if len(argv) < 2 or not argv[0].endswith(b"triton_python_backend_stub"):
+                continue
+            path = os.path.realpath(argv[1].decode())
+            with open(f"/proc/{entry}/statm") as f:
+                rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+        if path.startswith(prefix):
+            model = path[len(prefix):].split(os.sep)[0]
+            found[model] = found.get(model, 0) + rss
+    return found
+
+
+def gpu_used(metrics_url, timeout=2.0):
+    """Bytes of GPU memory in use, summed over GPUs, from Triton's nv_gpu_memory_used_bytes; None without a GPU."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=timeout) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return None
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("nv_gpu_memory_used_bytes{")]
+    return sum(values) if values else None
+
+
+class Memory:
+    """MODEL_MEMORY_BUDGET: what the loaded models hold, and what a model will take when it loads.
+
+    With a GPU (Triton reports nv_gpu_memory_used_bytes) the figure is GPU memory: in use in all, and per model
+    the growth measured across its load. Without one it is the resident memory of each model's python-backend
+    processes. A model's figure is kept in <model>.bytes after each load; a model never loaded is assumed to
+    take as much as the largest one known."""
+
+    def __init__(self, budget, repository, metrics_url, lock_dir):
+        self.budget, self.repository, self.metrics_url, self.dir = budget, repository, metrics_url, lock_dir
+
+    def _path(self, name):
+        return os.path.join(self.dir, name + ".bytes")
+
+    def known(self, name):
+        try:
+            with open(self._path(name)) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return None
+
+    def expected(self, name):
+        own = self.known(name)
+        if own is not None:
+            return own
+        figures = [self.known(f[:-6]) for f in os.listdir(self.dir) if f.endswith(".bytes")]
+        return max([f for f in figures if f is not None] or [0])
+
+    def used(self, loaded):
+        gpu = gpu_used(self.metrics_url)
+        if gpu is not None:
+            return gpu
+        rss = stub_rss(self.repository)
+        return sum(rss.get(m, 0) for m in loaded)
+
+    def before(self):
+        return gpu_used(self.metrics_url)
+
+    def record(self, name, gpu_before):
+        gpu = gpu_used(self.metrics_url) if gpu_before is not None else None
+        size = max(0, int(gpu - gpu_before)) if gpu is not None else stub_rss(self.repository).get(name, 0)
+        with open(self._path(name), "w") as f:
+            f.write(str(size))
+        return size
+
+
 class Loader:
-    def __init__(self, client, lock_dir, pinned=(), max_loaded=0, metrics=None, timeout=10.0):
+    def __init__(self, client, lock_dir, pinned=(), max_loaded=0, metrics=None, timeout=10.0, memory=None):
         self.client, self.dir, self.pinned, self.max_loaded = client, lock_dir, set(pinned), max_loaded
-        self.metrics, self.timeout = metrics, timeout
+        self.metrics, self.timeout, self.memory = metrics, timeout, memory
         os.makedirs(lock_dir, exist_ok=True)
         self.users = {}        # model -> _Users (fds used for the shared in-flight locks)
         self.evict_fds = {}    # model -> fd used to test and hold a victim's lock (a separate open file)
@@ -183,8 +266,12 @@ class Loader:
                 states = self._index(self._remaining(deadline))
                 state = states.get(name, ("", ""))[0]
                 if os.path.exists(crash_mark) and state == "READY":
-                    state = self._reload_crashed(name, crash_mark, deadline)
-                if state == "READY" and not os.path.exists(crash_mark):
+                    # Triton 2.51 keeps a model whose process died READY, and unloading it waits about 60 s on the
+                    # dead process. A load of a loaded model reloads it: a new process replaces the dead one.
+                    self._load(name, deadline, reload=True)
+                    os.unlink(crash_mark)
+                    return
+                if state == "READY":
                     return
                 if state not in HELD and state != "BUSY":
                     if self._make_room(name, states, deadline):
@@ -199,27 +286,10 @@ class Loader:
                 break
             gevent.sleep(0.05)   # another worker's load or unload of it, or every loaded model is busy
         if no_room:
-            raise Unavailable(f"model {name!r} is not loaded, and the {self.max_loaded} loaded models "
-                              "(MAX_LOADED_MODELS) all have requests in flight", retry_after=1)
+            raise Unavailable(f"model {name!r} is not loaded, and no loaded model can make room for it within "
+                              f"{self.budget_text()}: they all have requests in flight", retry_after=1)
         raise DeadlineExceeded(f"model {name!r} did not load within the request's deadline; it may still be "
                                "loading: try again")
-
-    def _reload_crashed(self, name, crash_mark, deadline):
-        """Unload a crashed model once no other request has it (this one lets go of its own hold meanwhile):
-        "" when it is unloaded (to be loaded again), "BUSY" while other requests still have it."""
-        users = self.users[name]
-        own = users.count == 1
-        if own:
-            fcntl.flock(users.fd, fcntl.LOCK_UN)
-        try:
-            if not self._take(name):
-                return "BUSY"
-            self._unload(name, "crashed", deadline)
-            os.unlink(crash_mark)
-            return ""
-        finally:
-            if own and not self._lock(users.fd, fcntl.LOCK_SH, deadline):
-                raise DeadlineExceeded(f"model {name!r} was being unloaded for longer than the request's deadline")
 
     def _take(self, name):
         """Hold `name`'s lock exclusively if no request of any worker has it: True when held."""
@@ -241,12 +311,23 @@ class Loader:
         except FileNotFoundError:
             return 0.0
 
+    def _fits(self, name, held):
+        if self.max_loaded > 0 and len(held) + 1 > self.max_loaded:
+            return False
+        if self.memory is not None:
+            return self.memory.used(held) + self.memory.expected(name) <= self.memory.budget
+        return True
+
     def _make_room(self, name, states, deadline):
         """Unload least recently used models with nothing in flight until `name` fits. False if none can go."""
-        if self.max_loaded <= 0:
+        if self.max_loaded <= 0 and self.memory is None:
             return True
         held = [m for m, (state, _) in states.items() if state in HELD and m != name]
-        while len(held) + 1 > self.max_loaded:
+        while not self._fits(name, held):
+            if not any(m not in self.pinned for m in held):   # it is over the memory budget on its own
+                log.warning("model %r alone is over %s; it loads beside the pinned models only", name,
+                            self.budget_text())
+                return True
             victims = sorted((m for m in held if m not in self.pinned and states[m][0] == "READY"),
                              key=self._last_used)
             for victim in victims:
@@ -263,19 +344,24 @@ class Loader:
         try:
             self.client.call("RepositoryModelUnload", service_pb2.RepositoryModelUnloadRequest(model_name=name),
                              self._remaining(deadline))
-            limit = time.monotonic() + UNLOAD_WAIT_S
+            limit = min(time.monotonic() + UNLOAD_WAIT_S, deadline)
             while self._index(self.timeout).get(name, ("", ""))[0] in HELD and time.monotonic() < limit:
                 gevent.sleep(0.05)
         finally:
             self._release(name)
-        why = {"lru": f"least recently used, to stay within MAX_LOADED_MODELS={self.max_loaded}",
-               "crashed": "its process died; it loads again now"}[reason]
-        log.info("model %r unloaded (%s)", name, why)
+        log.info("model %r unloaded (least recently used, to stay within %s)", name, self.budget_text())
         if self.metrics is not None:
             self.metrics.model_unloaded(name, reason)
 
-    def _load(self, name, deadline):
+    def budget_text(self):
+        parts = [f"MAX_LOADED_MODELS={self.max_loaded}"] if self.max_loaded > 0 else []
+        if self.memory is not None:
+            parts.append(f"MODEL_MEMORY_BUDGET={self.memory.budget}")
+        return " and ".join(parts)
+
+    def _load(self, name, deadline, reload=False):
         started = time.monotonic()
+        gpu_before = self.memory.before() if self.memory is not None else None
         try:
             self.client.call("RepositoryModelLoad", service_pb2.RepositoryModelLoadRequest(model_name=name),
                              self._remaining(deadline))
@@ -295,7 +381,15 @@ class Loader:
         except FileNotFoundError:
             pass
         self._count(name, "ok", started)
-        log.info("model %r loaded on demand in %.2f s", name, time.monotonic() - started)
+        if self.memory is not None:
+            size = self.memory.record(name, gpu_before)
+            log.info("model %r holds %.1f MB (MODEL_MEMORY_BUDGET)", name, size / 1e6)
+        if reload:
+            log.info("model %r reloaded in %.2f s (its process had died)", name, time.monotonic() - started)
+            if self.metrics is not None:
+                self.metrics.model_unloaded(name, "crashed")
+        else:
+            log.info("model %r loaded on demand in %.2f s", name, time.monotonic() - started)
 
     def _count(self, name, result, started):
         if self.metrics is not None:

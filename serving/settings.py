@@ -75,6 +75,7 @@ class Settings:
     model_loading: str          # "all" (Triton loads every model at start-up) or "on-demand" (serving/loading.py)
     models_pinned: tuple        # on-demand: models loaded at start-up that never unload
     max_loaded_models: int      # on-demand: at most this many models loaded at once (0: no limit)
+    model_memory_budget: int    # on-demand: bytes the loaded models may hold (0: no limit; serving/loading.Memory)
     model_repository: str       # on-demand: the repository whose config.pbtxt files bind the routes
     loading_dir: str            # on-demand: the workers' lock files (run.sh makes one per run)
 
@@ -102,6 +103,7 @@ class Settings:
             model_loading=_choice("MODEL_LOADING", ("all", "on-demand")),
             models_pinned=tuple(m.strip() for m in os.environ.get("MODELS_PINNED", "").split(",") if m.strip()),
             max_loaded_models=max(0, _int("MAX_LOADED_MODELS", 0)),
+            model_memory_budget=max(0, _int("MODEL_MEMORY_BUDGET", 0)),
             model_repository=os.environ.get("MODEL_REPOSITORY") or os.path.join(ROOT, "model_repository"),
             loading_dir=os.environ.get("LOADING_DIR") or "/tmp/serving-loading",
         )

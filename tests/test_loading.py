@@ -25,6 +25,8 @@ def make_repository(root):
     repo = root / "repo"
     for name in SIX + ["cold", "broken", "slowload", "pinned"]:
         shutil.copytree(NAMED, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(os.path.join(ROOT, "tests", "models", "crashy"), repo / "crashy",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     params = {"broken": ("fail_to_load", "1"), "slowload": ("initialize_sleep", "14")}
     for name, (key, value) in params.items():
         with open(repo / name / "config.pbtxt", "a") as f:
@@ -171,6 +173,19 @@ def test_a_model_with_a_request_in_flight_is_not_unloaded_under_it(budget_stack)
     assert len(held(index(budget_stack))) == 2
 
 
+def test_a_crashed_model_is_unloaded_and_loaded_again_on_its_next_request(budget_stack):
+    url = budget_stack.url + "/crashy"
+    assert requests.post(url, json={"x": 5}, timeout=30).json() == {"y": 5}
+    resp = requests.post(url, json={"x": 1}, timeout=30)   # its process kills itself
+    assert (resp.status_code, body(resp)) == (500, {"error": "inference failed: Stub process 'crashy_0' is not healthy."})
+    # Triton 2.51 still calls it READY; the proxy unloads it and loads it again, and the container stays healthy.
+    again = requests.post(url, json={"x": 7}, timeout=30)
+    assert (again.status_code, again.json()) == (200, {"y": 7})
+    assert requests.get(budget_stack.url + "/health", timeout=5).status_code == 200
+    assert series(budget_stack, "proxy_model_unloads_total")['{model="crashy",reason="crashed"}'] == 1
+    assert "model 'crashy' crashed: " in budget_stack.log()
+
+
 @pytest.fixture
 def pinned_stack(tmp_path):
     repo = make_repository(tmp_path)
@@ -215,3 +230,22 @@ def test_sigterm_during_a_load_stops_in_order_with_the_request_answered(pinned_s
     positions = [log.find(m) for m in marks]
     assert all(p >= 0 for p in positions) and positions == sorted(positions), dict(zip(marks, positions))
     assert pinned_stack.pids("") == []
+
+
+def test_a_memory_budget_unloads_by_what_models_hold(tmp_path):
+    """MODEL_MEMORY_BUDGET=1 byte: no two models fit, so each load unloads the one before (a model over the budget
+    on its own still loads, alone). Each load logs what the model holds: its stub processes' resident memory."""
+    repo = make_repository(tmp_path)
+    stack = Stack(tmp_path, MODEL_REPOSITORY=repo, MODEL_LOADING="on-demand", MODEL_MEMORY_BUDGET=1,
+                  REQUEST_TIMEOUT=30).start()
+    try:
+        with Poller(stack) as poll:
+            for m in ("m1", "m2", "m3"):
+                assert ask(stack, m).json() == {"model": m}
+        assert len(poll.most) <= 1, poll.most
+        log = stack.log()
+        sizes = [float(x) for x in re.findall(r"model 'm\d' holds ([\d.]+) MB", log)]
+        assert len(sizes) == 3 and all(size > 10 for size in sizes), sizes   # two python processes each
+        assert log.count("to stay within MODEL_MEMORY_BUDGET=1)") == 2
+    finally:
+        stack.terminate()
