@@ -678,6 +678,9 @@ def main():
     parser.add_argument("--name", default="bench", help="results/<name>.{json,md,png}")
     parser.add_argument("--out", help="where results go (default: benchmarks/results; build/bench-smoke for --smoke)")
     parser.add_argument("--smoke", action="store_true", help="2 s per point at c=1 and 4, no perf_analyzer")
+    parser.add_argument("--on-demand", action=argparse.BooleanOptionalAction, default=True,
+                        help="the on-demand loading section (benchmarks/on_demand.py)")
+    parser.add_argument("--on-demand-seconds", type=int, default=20)
     args = parser.parse_args()
     if args.smoke:
         args.concurrency, args.seconds, args.perf_analyzer = [1, 4], 2, False   # embeddings: c=4 only
@@ -694,6 +697,10 @@ def main():
     peers = measure_peers(args, workdir) if args.peers and "identity" in args.workloads else []
     rows, health, isolation, v2 = run(args, workdir)
     text, doc = report(args, rows, health, isolation, v2, peers)
+    if args.on_demand:
+        import on_demand
+        section, doc["on_demand"] = on_demand.measure(workdir, 2 if args.smoke else args.on_demand_seconds)
+        text += "\n" + section
     print(text)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

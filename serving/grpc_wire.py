@@ -1,4 +1,6 @@
-"""Unary gRPC calls over HTTP/2 (h2c, prior knowledge) on gevent, with no threads: the worker's client to Triton.
+"""gRPC calls over HTTP/2 (h2c, prior knowledge) on gevent, with no threads: the worker's client to Triton. Unary
+calls, and server-streaming ones (one request, half-closed, then the answers as they come: Triton's ModelStreamInfer
+for decoupled models).
 
 grpcio under gevent sends every call's wait through gevent's native thread pool (two cross-thread wake-ups and GIL
 hand-offs per call); this client speaks the wire protocol itself on one non-blocking socket per worker, so a call is
@@ -37,6 +39,7 @@ import gevent
 from gevent.event import Event
 from gevent.hub import Waiter, get_hub
 from gevent.lock import Semaphore
+from gevent.queue import Empty, Queue
 import hpack
 
 # gRPC status codes (grpc's doc/statuscodes.md).
@@ -129,15 +132,52 @@ class ProtocolError(Exception):
 
 
 class _Stream:
-    __slots__ = ("id", "waiter", "send_window", "recv_unacked", "headers", "data", "done", "sending")
+    __slots__ = ("id", "waiter", "send_window", "recv_unacked", "headers", "data", "done", "sending", "queue", "buf")
 
-    def __init__(self, stream_id, send_window):
+    def __init__(self, stream_id, send_window, streaming=False):
         self.id, self.waiter, self.send_window = stream_id, Waiter(), send_window
         self.recv_unacked, self.headers, self.data = 0, None, []
         self.done, self.sending = False, False
+        # A streaming call's messages go to its queue as they complete (then _END, or an RpcError).
+        self.queue, self.buf = (Queue(), bytearray()) if streaming else (None, None)
 
 
 _TIMEOUT = object()
+_END = object()
+
+
+class ResponseStream:
+    """The answers of a server-streaming call, as they come: `next(idle)` returns the next message's bytes, None
+    when `idle` seconds pass without one, and raises StopIteration at the end or RpcError (DEADLINE_EXCEEDED past
+    the call's deadline). `cancel()` resets the stream (the server sees the call cancelled)."""
+
+    def __init__(self, conn, stream, deadline):
+        self.conn, self.stream, self.deadline, self.finished = conn, stream, deadline, False
+
+    def next(self, idle=None):
+        if self.finished:
+            raise StopIteration
+        left = self.deadline - time.monotonic()
+        wait = left if idle is None else min(idle, left)
+        try:
+            item = self.stream.queue.get(timeout=max(0.0, wait))
+        except Empty:
+            if time.monotonic() < self.deadline:
+                return None
+            self.cancel()
+            raise RpcError(DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        if item is _END:
+            self.finished = True
+            raise StopIteration
+        if isinstance(item, RpcError):
+            self.finished = True
+            raise item
+        return item
+
+    def cancel(self):
+        if not self.finished:
+            self.finished = True
+            self.conn._cancel(self.stream)
 
 
 class Connection:
@@ -241,6 +281,25 @@ class Connection:
 
     def unary(self, path, message, timeout, deadline):
         """The response message's bytes, or RpcError. `message`: bytes, or a list of bytes-like parts."""
+        stream = self._open(path, message, timeout, deadline)
+        try:
+            result = self._wait(stream, deadline)
+        except BaseException:   # the caller killed (its client hung up)
+            self._cancel(stream)
+            raise
+        if result is _TIMEOUT:
+            self._cancel(stream)
+            raise RpcError(DEADLINE_EXCEEDED, "Deadline Exceeded")
+        if isinstance(result, RpcError):
+            raise result
+        return result
+
+    def server_stream(self, path, message, timeout, deadline):
+        """Send one request message and half-close; the answers come as a ResponseStream."""
+        return ResponseStream(self, self._open(path, message, timeout, deadline, streaming=True), deadline)
+
+    def _open(self, path, message, timeout, deadline, streaming=False):
+        """A new stream with the request written (HEADERS, then the message with END_STREAM)."""
         if not self.usable:
             raise RpcError(UNAVAILABLE, self.closed or "the connection takes no new streams", processed=False)
         while len(self.streams) >= self.peer_max_streams:
@@ -249,7 +308,7 @@ class Connection:
                 raise RpcError(DEADLINE_EXCEEDED, "Deadline Exceeded (waiting for a stream)")
             if not self.usable:
                 raise RpcError(UNAVAILABLE, self.closed or "connection is going away", processed=False)
-        stream = _Stream(self.next_id, self.peer_window)
+        stream = _Stream(self.next_id, self.peer_window, streaming)
         self.next_id += 2
         self.streams[stream.id] = stream
         block = self.blocks.get((path, timeout))
@@ -268,16 +327,10 @@ class Connection:
             else:
                 self._write(frame(HEADERS, END_HEADERS, stream.id, block))
                 self._send_data(stream, b"".join((_PREFIX.pack(0, n - 5), *parts)), deadline)
-            result = self._wait(stream, deadline)
         except BaseException:   # a deadline while sending, or the caller killed (its client hung up)
             self._cancel(stream)
             raise
-        if result is _TIMEOUT:
-            self._cancel(stream)
-            raise RpcError(DEADLINE_EXCEEDED, "Deadline Exceeded")
-        if isinstance(result, RpcError):
-            raise result
-        return result
+        return stream
 
     def _wait(self, stream, deadline):
         remaining = deadline - time.monotonic()
@@ -331,7 +384,10 @@ class Connection:
             return
         stream.done = True
         self.streams.pop(stream.id, None)
-        self.hub.loop.run_callback(stream.waiter.switch, result)
+        if stream.queue is not None:
+            stream.queue.put(result)
+        else:
+            self.hub.loop.run_callback(stream.waiter.switch, result)
         if stream.sending:
             self.window_open.set()
         self._stream_gone()
@@ -478,12 +534,32 @@ class Connection:
         stream.recv_unacked += n
         if stream.recv_unacked > STREAM_WINDOW:
             raise ProtocolError("the server overran the stream's window", E_FLOW_CONTROL)
-        stream.data.append(_unpad(flags, payload))
+        if stream.queue is not None:
+            self._messages(stream, _unpad(flags, payload))
+        else:
+            stream.data.append(_unpad(flags, payload))
         if flags & END_STREAM:
             self._finish(stream, RpcError(UNAVAILABLE, "the server ended the stream without trailers"))
         elif stream.recv_unacked >= STREAM_WINDOW // 2:
             self._write(frame(WINDOW_UPDATE, 0, stream_id, struct.pack(">I", stream.recv_unacked)))
             stream.recv_unacked = 0
+
+    def _messages(self, stream, payload):
+        """A streaming call: complete length-prefixed messages go to its queue as soon as they are whole."""
+        buf = stream.buf
+        buf += payload
+        at = 0
+        while len(buf) - at >= 5:
+            compressed, length = _PREFIX.unpack_from(buf, at)
+            if compressed:
+                self._reset(stream, E_PROTOCOL, "a compressed message, which was not asked for")
+                return
+            if len(buf) - at - 5 < length:
+                break
+            stream.queue.put(bytes(buf[at + 5:at + 5 + length]))
+            at += 5 + length
+        if at:
+            del buf[:at]
 
     def _decode(self, block):
         """A header block -> {name: value} (read only: a cached dict is shared)."""
@@ -536,6 +612,11 @@ class Connection:
         code = int(status)
         if code != OK:
             return RpcError(code, unquote(trailers.get("grpc-message", ""), errors="replace"))
+        if stream.queue is not None:
+            if stream.buf:
+                return RpcError(UNAVAILABLE, f"a malformed answer from the server: {len(stream.buf)} bytes of an "
+                                             "unfinished message at the end of the stream")
+            return _END
         data = stream.data[0] if len(stream.data) == 1 else b"".join(stream.data)
         if len(data) < 5:
             return RpcError(UNAVAILABLE, "a malformed answer from the server: no response message")
@@ -660,6 +741,18 @@ class Channel:
                 return response_type.FromString(raw)
             except Exception as exc:
                 raise RpcError(UNAVAILABLE, f"a malformed answer from the server: {exc}") from None
+
+    def stream(self, path, request, timeout):
+        """A server-streaming call: one request (a message or its serialized parts), then a ResponseStream of the
+        answers' bytes until the server's trailers; `timeout` bounds the whole call."""
+        deadline = time.monotonic() + timeout
+        message = request if isinstance(request, (bytes, list, tuple)) else request.SerializeToString()
+        for attempt in (0, 1):
+            try:
+                return self._connection(deadline).server_stream(path, message, timeout, deadline)
+            except RpcError as exc:
+                if exc.processed or attempt or time.monotonic() >= deadline:
+                    raise
 
     def close(self):
         if self.conn is not None:

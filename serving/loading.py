@@ -74,11 +74,12 @@ def read_repository(path):
 
 class _Users:
     """This worker's requests in flight for one model, and the shared lock they hold together."""
-    __slots__ = ("count", "fd", "ready", "guard")
+    __slots__ = ("count", "fd", "ready", "guard", "seen")
 
     def __init__(self, fd):
         from gevent.lock import Semaphore
         self.count, self.fd, self.ready, self.guard = 0, fd, False, Semaphore()
+        self.seen = None   # the unload generation at which this worker last saw the model READY
 
 
 def stub_rss(repository):
@@ -172,6 +173,11 @@ class Loader:
         self.evict_fds = {}    # model -> fd used to test and hold a victim's lock (a separate open file)
         self.touched = {}
         self.repo_fd = self._open("repository")
+        # Every unload (and reload) moves this file's mtime: a worker that saw a model READY at the current
+        # generation knows it still is, without asking Triton (its shared hold keeps it from being unloaded).
+        self.generation = os.path.join(lock_dir, "generation")
+        if not os.path.exists(self.generation):
+            open(self.generation, "a").close()
 
     def _open(self, name):
         return os.open(os.path.join(self.dir, name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
@@ -200,14 +206,18 @@ class Loader:
         users.count += 1
         try:
             if not users.ready:
-                if not users.guard.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                    raise DeadlineExceeded(f"model {name!r} did not load within the request's deadline")
-                try:
-                    if not users.ready:
-                        self._ensure(name, deadline)
-                        users.ready = True
-                finally:
-                    users.guard.release()
+                generation = os.stat(self.generation).st_mtime_ns
+                if users.seen == generation and not os.path.exists(os.path.join(self.dir, name + ".crashed")):
+                    users.ready = True   # READY when last seen, and nothing has been unloaded since
+                else:
+                    if not users.guard.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                        raise DeadlineExceeded(f"model {name!r} did not load within the request's deadline")
+                    try:
+                        if not users.ready:
+                            self._ensure(name, deadline)
+                            users.ready, users.seen = True, generation
+                    finally:
+                        users.guard.release()
         except BaseException:
             self.leave(name)
             raise
@@ -229,7 +239,10 @@ class Loader:
             f.write(detail + "\n")
         users = self.users.get(name)
         if users is not None:
-            users.ready = False
+            users.ready, users.seen = False, None
+
+    def _next_generation(self):
+        os.utime(self.generation, ns=(time.time_ns(), time.time_ns()))
 
     # Loading, under repository.lock
 
@@ -348,6 +361,7 @@ class Loader:
             while self._index(self.timeout).get(name, ("", ""))[0] in HELD and time.monotonic() < limit:
                 gevent.sleep(0.05)
         finally:
+            self._next_generation()
             self._release(name)
         log.info("model %r unloaded (least recently used, to stay within %s)", name, self.budget_text())
         if self.metrics is not None:
@@ -385,6 +399,7 @@ class Loader:
             size = self.memory.record(name, gpu_before)
             log.info("model %r holds %.1f MB (MODEL_MEMORY_BUDGET)", name, size / 1e6)
         if reload:
+            self._next_generation()
             log.info("model %r reloaded in %.2f s (its process had died)", name, time.monotonic() - started)
             if self.metrics is not None:
                 self.metrics.model_unloaded(name, "crashed")

@@ -9,6 +9,9 @@ ModelInfer behaves by model_name:
 - "abort": INTERNAL with the text of parameter "message", after the response headers went out;
 - "slow":  sleeps parameter "seconds", then echoes; a cancelled call is counted;
 - "churn": echoes, with trailing metadata that differs per call (the HPACK dynamic table keeps changing).
+ModelStreamInfer (bidirectional, as Triton's; the client sends one request and half-closes) answers parameter
+"count" responses, each with id "<request id>:<i>" and parameter "index" = i and `size` bytes of output, every
+parameter "delay" seconds; "fail_at" = k aborts with INTERNAL after k responses; a cancelled call is counted.
 ServerMetadata answers with its `name` holding JSON statistics: calls, cancelled, max_in_flight.
 On SIGTERM the server stops with `server.stop(grace)` (GOAWAY, in-flight calls finish) and exits.
 """
@@ -69,6 +72,36 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         finally:
             with self.lock:
                 self.in_flight -= 1
+
+
+    def ModelStreamInfer(self, request_iterator, context):
+        for request in request_iterator:
+            params = request.parameters
+            count = int(params["count"].int64_param)
+            delay = params["delay"].double_param if "delay" in params else 0.0
+            fail_at = int(params["fail_at"].int64_param) if "fail_at" in params else -1
+            size = int(params["size"].int64_param) if "size" in params else 0
+            for i in range(count):
+                if i == fail_at:
+                    context.abort(grpc.StatusCode.INTERNAL, f"failed at response {i}")
+                end = time.monotonic() + delay
+                while time.monotonic() < end:
+                    if not context.is_active():
+                        with self.lock:
+                            self.cancelled += 1
+                        return
+                    time.sleep(0.005)
+                response = service_pb2.ModelInferResponse(model_name=request.model_name, id=f"{request.id}:{i}",
+                                                          raw_output_contents=[bytes([i % 256]) * size])
+                response.parameters["index"].int64_param = i
+                yield service_pb2.ModelStreamInferResponse(infer_response=response)
+            if "then_wait" in params:   # keep the stream open after the last response (a client's deadline)
+                end = time.monotonic() + params["then_wait"].double_param
+                while time.monotonic() < end and context.is_active():
+                    time.sleep(0.005)
+                if not context.is_active():
+                    with self.lock:
+                        self.cancelled += 1
 
 
 def main():

@@ -28,6 +28,16 @@ def test_bench_smoke_runs_every_workload_with_right_answers(tmp_path):
         for side in ("proxy", "fastapi", "floor"):
             assert p[side]["requests"] > 0 and p[side]["cpu_ms_per_request"] > 0
     assert "Per worker, beside what a user would run instead" in (tmp_path / "smoke.md").read_text()
+    # On-demand loading: a cold and a warm answer per model, four load points with every answer right.
+    assert [r["model"] for r in doc["on_demand"]["cold"]] == ["mnist", "text_embedding"]
+    assert all(r["cold_ms"] > r["warm_p50_ms"] > 0 for r in doc["on_demand"]["cold"])
+    points = doc["on_demand"]["budget"]
+    assert [(p["mode"].split(",")[0], p["mix"]) for p in points] == [
+        ("all loaded", "uniform"), ("all loaded", "skewed 80/20"), ("on-demand", "uniform"),
+        ("on-demand", "skewed 80/20")] + [("on-demand", "uniform"), ("on-demand", "skewed 80/20")]
+    assert all(p["requests"] > 0 and p["errors"] == 0 for p in points), points
+    assert points[2]["loads"] > 0
+    assert "## On-demand loading" in (tmp_path / "smoke.md").read_text()
     assert (tmp_path / "smoke.png").stat().st_size > 10_000
 
 

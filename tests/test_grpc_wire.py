@@ -473,3 +473,122 @@ def test_triton_stopped_and_started_again_under_load(tmp_path):
         channel.close()
         triton.kill()
         triton.wait()
+
+
+STREAM = "/inference.GRPCInferenceService/ModelStreamInfer"
+
+
+def stream_request(count, **params):
+    request = service_pb2.ModelInferRequest(model_name="stream", id="s")
+    request.parameters["count"].int64_param = count
+    for key, value in params.items():
+        if isinstance(value, float):
+            request.parameters[key].double_param = value
+        else:
+            request.parameters[key].int64_param = value
+    return request
+
+
+def read_all(responses, idle=None):
+    got, idles = [], 0
+    while True:
+        try:
+            raw = responses.next(idle)
+        except StopIteration:
+            return got, idles
+        if raw is None:
+            idles += 1
+            continue
+        got.append(service_pb2.ModelStreamInferResponse.FromString(raw).infer_response)
+
+
+def stats(channel):
+    return json.loads(channel.call(METADATA, service_pb2.ServerMetadataRequest(), service_pb2.ServerMetadataResponse,
+                                   5).name)
+
+
+def test_a_server_stream_arrives_in_order_through_small_windows_and_frames(peer_factory):
+    """200 answers of 0 to 300 KB through a 64 KB window and 16 KB frames: each whole, in order, as it comes."""
+    peer = peer_factory("--window", 65536, "--max-frame", 16384)
+    channel = grpc_wire.Channel("127.0.0.1", peer.port)
+
+    def run():
+        responses = channel.stream(STREAM, stream_request(200, size=300_000), 60)
+        return read_all(responses)[0]
+
+    got = gevent.spawn(run).get(timeout=90)
+    assert [r.id for r in got] == [f"s:{i}" for i in range(200)]
+    assert all(r.raw_output_contents == [bytes([i % 256]) * 300_000] for i, r in enumerate(got))
+    assert unary_still_works(channel)
+    channel.close()
+
+
+def unary_still_works(channel):
+    return infer(channel, "echo", [b"abc"]).raw_output_contents == [b"abc"]
+
+
+def test_answers_come_as_they_are_sent_and_idle_waits_return_none(peer_factory):
+    peer = peer_factory()
+    channel = grpc_wire.Channel("127.0.0.1", peer.port)
+
+    def run():
+        started = time.monotonic()
+        responses = channel.stream(STREAM, stream_request(3, delay=0.3), 10)
+        times, idles = [], 0
+        while True:
+            try:
+                raw = responses.next(0.1)
+            except StopIteration:
+                return times, idles
+            if raw is None:
+                idles += 1
+            else:
+                times.append(time.monotonic() - started)
+
+    times, idles = gevent.spawn(run).get(timeout=30)
+    assert len(times) == 3 and 0.25 < times[0] < 0.6 and times[2] - times[0] > 0.5   # not held back to the end
+    assert idles >= 4
+    channel.close()
+
+
+def test_a_failure_mid_stream_comes_after_the_answers_before_it(peer_factory):
+    peer = peer_factory()
+    channel = grpc_wire.Channel("127.0.0.1", peer.port)
+
+    def run():
+        responses = channel.stream(STREAM, stream_request(10, fail_at=4), 10)
+        got = []
+        with pytest.raises(RpcError) as err:
+            while True:
+                got.append(service_pb2.ModelStreamInferResponse.FromString(responses.next()).infer_response.id)
+        return got, err.value
+
+    got, err = gevent.spawn(run).get(timeout=30)
+    assert got == ["s:0", "s:1", "s:2", "s:3"]
+    assert (err.code, err.details) == (grpc_wire.INTERNAL, "failed at response 4")
+    channel.close()
+
+
+def test_cancel_and_deadline_mid_stream_are_seen_by_the_server(peer_factory):
+    peer = peer_factory()
+    channel = grpc_wire.Channel("127.0.0.1", peer.port)
+
+    def run():
+        responses = channel.stream(STREAM, stream_request(100, delay=0.05), 30)
+        for _ in range(3):
+            responses.next()
+        responses.cancel()   # a client that hung up after 3 answers
+        late = channel.stream(STREAM, stream_request(2, then_wait=5.0), 0.5)
+        read = [responses.next() for responses in [late] for _ in range(2)]
+        with pytest.raises(RpcError) as err:
+            late.next()
+        return read, err.value.code
+
+    read, code = gevent.spawn(run).get(timeout=30)
+    assert len(read) == 2 and code == grpc_wire.DEADLINE_EXCEEDED
+    deadline = time.monotonic() + 5
+    while stats(channel)["cancelled"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stats(channel)["cancelled"] == 2
+    assert not channel.conn.streams   # nothing left open on the connection
+    channel.close()
