@@ -10,7 +10,7 @@ import os
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import binding, codecs, modelarts, openapi, triton, v2
+from . import binding, codecs, modelarts, openapi, sse, triton, v2
 from .front import Front
 from .metrics import Metrics
 from .errors import BadRequest, ConfigError, ServingError, UnsupportedMediaType
@@ -83,6 +83,7 @@ def decode(route, info):
                 batch = batch or is_batch
     else:
         doc = codecs.parse_json_body(request.get_data(cache=False))
+        request.environ["serving.json"] = doc   # for sse.wants_stream: "stream": true
         for f in route.inputs:
             if f.name not in doc:
                 if f.required:
@@ -122,8 +123,9 @@ def create_app(settings=None):
         if monkey.is_module_patched("socket"):   # a gunicorn worker; elsewhere (tests) each scrape flushes
             metrics.run_flusher()
     on_error = metrics.triton_error if metrics else None
+    streaming = {r.url for r in routes if infos[(r.model, r.version)].decoupled}
     spec = json.dumps(openapi.document(config, routes, title=f"{config.model_algorithm or 'Inference'} service",
-                                       metrics=settings.metrics), indent=1).encode()
+                                       metrics=settings.metrics, streaming=streaming), indent=1).encode()
 
     app = Flask("serving")
     # Werkzeug refuses a larger body (413, via http_error below) before reading it.
@@ -163,9 +165,73 @@ def create_app(settings=None):
 
         return predict
 
+    # A stream ends before gunicorn's drain does (GRACEFUL_TIMEOUT), so that a stop never cuts one without its
+    # final event (serving/sse.py).
+    stream_timeout = max(1.0, min(settings.request_timeout_s, settings.graceful_timeout_s - 5))
+
+    def stream_view(route, info):
+        names = [f.name for f in route.outputs]
+        types = {f.name: (f.type, f.depth) for f in route.outputs}
+        call = triton.StreamCall(client, info, names, stream_timeout, on_error)
+
+        def encode(outputs, batch):
+            return {n: codecs.output_value(outputs[n], types[n][0], info.batched, types[n][1], batch)
+                    for n in names if n in outputs}
+
+        def predict():
+            tensors, batch = decode(route, info)
+            if not tensors:
+                raise BadRequest("the request carries none of the fields " + ", ".join(f.name for f in route.inputs))
+            asked = sse.wants_stream(request.environ, request.environ.get("serving.json"))
+            responses = call.responses(sse.stream_flag(info, tensors, asked),
+                                       settings.stream_heartbeat_s if asked else None)
+            try:   # before the first response, an error is the usual JSON answer with its status
+                first = next((r for r in responses if r is not None), None)
+            except BaseException:
+                responses.close()
+                raise
+            if not asked:
+                answers = [] if first is None else [encode(first, batch)]
+                try:
+                    answers += [encode(r, batch) for r in responses if r is not None]
+                finally:
+                    responses.close()
+                return _json(sse.join(answers, types))
+
+            environ = request.environ
+
+            def events():
+                n = 0
+                try:
+                    if first is not None:
+                        n += 1
+                        yield sse.event(encode(first, batch))
+                    for r in responses:
+                        if sse.hung_up(environ):
+                            log.info("%s %s: the client hung up after %d responses; cancelled", route.method,
+                                     route.url, n)
+                            return
+                        if r is None:
+                            yield sse.HEARTBEAT
+                            continue
+                        n += 1
+                        yield sse.event(encode(r, batch))
+                    yield sse.event({"responses": n}, "end")
+                except ServingError as exc:
+                    log.warning("%s %s: stream ended after %d responses: %s", route.method, route.url, n, exc.message)
+                    yield sse.event({"error": exc.message}, "error")
+                finally:
+                    responses.close()   # a client that hung up: the request is cancelled in Triton
+
+            return Response(events(), mimetype=sse.CONTENT_TYPE,
+                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+        return predict
+
     for route in routes:
-        app.add_url_rule(route.url, endpoint=f"{route.method} {route.url}", methods=[route.method],
-                         view_func=predict_view(route, infos[(route.model, route.version)]))
+        info = infos[(route.model, route.version)]
+        view = stream_view(route, info) if info.decoupled else predict_view(route, info)
+        app.add_url_rule(route.url, endpoint=f"{route.method} {route.url}", methods=[route.method], view_func=view)
         log.info("route %s %s -> model %r (inputs %s; outputs %s)", route.method, route.url, route.model,
                  [f.name for f in route.inputs], [f.name for f in route.outputs])
 

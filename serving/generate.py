@@ -24,6 +24,8 @@ from .modelarts import RESERVED
 _JSON_TYPE = {"BOOL": "boolean", "STRING": "string", "FP16": "number", "FP32": "number", "FP64": "number",
             "BF16": "number"}
 
+STREAMS = ("one response of the model; asked with Accept: text/event-stream or \"stream\": true, each response "
+           "comes as a Server-Sent Event, else the responses come joined in one answer")
 HEALTH = {"check_method": "HTTP", "url": "/health", "protocol": "http", "initial_delay_seconds": 30,
           "timeout_seconds": 5, "period_seconds": 10, "failure_threshold": 3}
 
@@ -71,7 +73,11 @@ def api(config):
     # Otherwise a batched model takes one item or a batch of them, and answers in the same shape.
     batches = config.max_batch_size > 0 and not files and not listed
 
+    decoupled = config.model_transaction_policy.decoupled
+
     def schema(tensor):
+        if decoupled and tensor.data_type == model_config_pb2.TYPE_STRING and list(tensor.dims) in ([-1], [1]):
+            return {"type": "string"}   # each response of a decoupled model carries one piece of text
         item = _schema(tensor.data_type, tensor.dims, 1 if listed else 0)
         return _item_or_batch(item, config.max_batch_size) if batches else item
 
@@ -85,7 +91,8 @@ def api(config):
         "request": {"Content-type": "multipart/form-data" if files else "application/json",
                     "data": {"type": "object", "properties": request, "required": required}},
         "response": {"Content-type": "application/json",
-                     "data": {"type": "object", "properties": response, "required": list(response)}},
+                     "data": {"type": "object", "properties": response, "required": list(response),
+                              **({"description": STREAMS} if decoupled else {})}},
     }
 
 

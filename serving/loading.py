@@ -68,7 +68,8 @@ def read_repository(path):
             return {t.name: (_datatype(t.data_type), batch + [int(d) for d in t.dims]) for t in items}
 
         models[name] = ModelInfo(name=name, version="", inputs=tensors(config.input), outputs=tensors(config.output),
-                                 batched=config.max_batch_size > 0, max_batch_size=config.max_batch_size)
+                                 batched=config.max_batch_size > 0, max_batch_size=config.max_batch_size,
+                                 decoupled=config.model_transaction_policy.decoupled)
     return models
 
 

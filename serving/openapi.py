@@ -40,8 +40,9 @@ def _errors(codes):
             for code in codes}
 
 
-def document(config, routes=None, title="", metrics=True):
-    """config: modelarts.ModelArtsConfig; routes: the bound routes (default: config's own)."""
+def document(config, routes=None, title="", metrics=True, streaming=()):
+    """config: modelarts.ModelArtsConfig; routes: the bound routes (default: config's own); streaming: the urls of
+    decoupled models, which also answer as Server-Sent Events."""
     paths = {}
     for route in routes or config.routes:
         operation = {
@@ -55,6 +56,11 @@ def document(config, routes=None, title="", metrics=True):
                 **_errors(["400", "404", "405", "413", "415", "503", "504"]),
             },
         }
+        if route.url in streaming:
+            operation["description"] = ("The model is decoupled: with `Accept: text/event-stream` or `\"stream\": "
+                                        "true` the answer is Server-Sent Events, one `data:` event per response "
+                                        "(this schema), then `event: end` or `event: error`.")
+            operation["responses"]["200"]["content"]["text/event-stream"] = {"schema": {"type": "string"}}
         paths.setdefault(route.url, {})[route.method.lower()] = operation
     paths.setdefault(config.health_url, {})["get"] = {
         "operationId": "health",

@@ -78,6 +78,7 @@ class Settings:
     model_memory_budget: int    # on-demand: bytes the loaded models may hold (0: no limit; serving/loading.Memory)
     model_repository: str       # on-demand: the repository whose config.pbtxt files bind the routes
     loading_dir: str            # on-demand: the workers' lock files (run.sh makes one per run)
+    stream_heartbeat_s: float   # a decoupled model's stream: a comment line after this long without a response
 
     @classmethod
     def from_env(cls):
@@ -106,4 +107,5 @@ class Settings:
             model_memory_budget=max(0, _int("MODEL_MEMORY_BUDGET", 0)),
             model_repository=os.environ.get("MODEL_REPOSITORY") or os.path.join(ROOT, "model_repository"),
             loading_dir=os.environ.get("LOADING_DIR") or "/tmp/serving-loading",
+            stream_heartbeat_s=max(0.1, _float("STREAM_HEARTBEAT", 5.0)),
         )

@@ -51,6 +51,10 @@ class Client:
             path = self.paths[method] = (SERVICE + method, getattr(service_pb2, method + "Response"))
         return self.channel.call(path[0], request, path[1], timeout)
 
+    def stream(self, method, request, timeout):
+        """A server-streaming call (grpc_wire.ResponseStream of the answers' bytes)."""
+        return self.channel.stream(SERVICE + method, request, timeout)
+
     def close(self):
         self.channel.close()
 
@@ -81,6 +85,7 @@ class ModelInfo:
     outputs: dict       # name -> (datatype, shape)
     batched: bool       # max_batch_size > 0
     max_batch_size: int = 0
+    decoupled: bool = False   # a decoupled model: any number of responses per request (ModelStreamInfer)
 
 
 def model_info(c, name, version="", timeout=10.0):
@@ -94,7 +99,8 @@ def model_info(c, name, version="", timeout=10.0):
         return {t.name: (t.datatype, [int(d) for d in t.shape]) for t in items}
 
     return ModelInfo(name=name, version=version, inputs=tensors(meta.inputs), outputs=tensors(meta.outputs),
-                     batched=config.config.max_batch_size > 0, max_batch_size=config.config.max_batch_size)
+                     batched=config.config.max_batch_size > 0, max_batch_size=config.config.max_batch_size,
+                     decoupled=config.config.model_transaction_policy.decoupled)
 
 
 def repository(c, timeout=10.0):
@@ -192,6 +198,14 @@ class InferCall:
         ).SerializeToString()
         self.heads = {}
 
+    def parts(self, tensors):
+        parts = [self.prefix]
+        inputs = self.info.inputs
+        for name, arr in tensors.items():
+            raw = codecs.raw_view(arr, inputs[name][0])
+            parts += (self.head(name, arr.shape), _field(7, len(raw)), raw)
+        return parts
+
     def head(self, name, shape):
         head = self.heads.get((name, shape))
         if head is None:
@@ -232,6 +246,55 @@ class InferCall:
                 return self.call("ModelInfer", parts, max(0.001, deadline - time.monotonic()))
         finally:
             self.loader.leave(name)
+
+
+class StreamCall(InferCall):
+    """A decoupled model's call: one request on Triton's ModelStreamInfer, its responses as they come.
+
+    The request asks for an explicit final response (`triton_enable_empty_final_response`), and is half-closed, so
+    Triton ends the stream once the final response is out."""
+
+    def __init__(self, client, info, output_names, timeout, on_error=None):
+        super().__init__(client, info, output_names, timeout, None, on_error)
+        self.client = client
+        request = service_pb2.ModelInferRequest(
+            model_name=info.name, model_version=info.version,
+            outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in output_names])
+        request.parameters["triton_enable_empty_final_response"].bool_param = True
+        self.prefix = request.SerializeToString()
+
+    def responses(self, tensors, idle=None):
+        """Yields {output name: array} per response, and None after each `idle` seconds without one; ends after the
+        final response. Raises ServingError (a deadline, Triton's error for the request). Closing it (a client that
+        hung up) cancels the request in Triton."""
+        try:
+            stream = self.client.stream("ModelStreamInfer", self.parts(tensors), self.timeout)
+        except RpcError as exc:
+            self.on_error(_KIND.get(exc.code) or exc.name.lower())
+            raise translate(exc, self.timeout) from None
+        try:
+            while True:
+                try:
+                    raw = stream.next(idle)
+                except StopIteration:
+                    return
+                if raw is None:
+                    yield None
+                    continue
+                message = service_pb2.ModelStreamInferResponse.FromString(raw)
+                if message.error_message:
+                    raise ServingError(f"inference failed: {message.error_message}")
+                response = message.infer_response
+                if response.outputs:
+                    yield {out.name: codecs.from_raw(raw, out.datatype, out.shape)
+                           for out, raw in zip(response.outputs, response.raw_output_contents)}
+                # After the final response (triton_final_response) Triton ends the stream, since the one request
+                # was half-closed: the end of the loop is StopIteration, after the trailers.
+        except RpcError as exc:
+            self.on_error(_KIND.get(exc.code) or exc.name.lower())
+            raise translate(exc, self.timeout) from None
+        finally:
+            stream.cancel()
 
 
 class Readiness:
