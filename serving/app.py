@@ -10,7 +10,7 @@ import os
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import binding, codecs, modelarts, openapi, sse, triton, v2
+from . import binding, codecs, modelarts, openai, openapi, sse, triton, v2
 from .front import Front
 from .metrics import Metrics
 from .errors import BadRequest, ConfigError, ServingError, UnsupportedMediaType
@@ -104,7 +104,8 @@ def create_app(settings=None):
     routes, infos = triton.bound_routes(client, config, binding.parse_overrides(settings.model_bindings),
                                         models=on_file)
     for route in routes:
-        check_binding(route, infos[(route.model, route.version)])
+        if not openai.kind(route.url):
+            check_binding(route, infos[(route.model, route.version)])
     # /health: every bound model; with on-demand loading, the pinned ones (the others load when asked for).
     watched = infos if on_file is None else [(m, "") for m in settings.models_pinned]
     readiness = triton.Readiness(client, watched, settings.health_timeout_s, settings.health_cache_s,
@@ -228,9 +229,58 @@ def create_app(settings=None):
 
         return predict
 
+    def openai_view(route, info):
+        if not openai.is_llm(info):
+            raise ConfigError(f"{route.method} {route.url} -> model {info.name!r}: an OpenAI route needs an LLM model "
+                              "(decoupled, with inputs text_input and outputs text_output)")
+        known = on_file if on_file is not None else triton.repository(client)
+        llms = {name: i for name, i in known.items() if openai.is_llm(i)}
+        llms[info.name] = info
+        outputs = ["text_output"] + [n for n in ("num_input_tokens", "num_output_tokens") if n in info.outputs]
+        models = {name: (triton.StreamCall(client, i, [n for n in outputs if n in i.outputs], stream_timeout,
+                                           on_error),
+                         openai.Template(os.path.join(settings.model_repository, name)))
+                  for name, i in llms.items()}
+        for name, (_, template) in models.items():
+            log.info("route %s %s: OpenAI %s for model %r (chat template: %s)", route.method, route.url,
+                     openai.kind(route.url), name, template.source)
+        handler = openai.Route(openai.kind(route.url), info.name, models)
+
+        def predict():
+            try:
+                ctype = request.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+                if ctype != modelarts.JSON:
+                    raise openai.OpenAIError(f"expected Content-Type application/json, got {ctype or 'none'}",
+                                             status=415)
+                streams, answer = handler.handle(codecs.parse_json_body(request.get_data(cache=False)), log)
+            except ServingError as exc:
+                if exc.status >= 500:
+                    log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
+                return _json(openai.error_body(exc), exc.status)
+            if not streams:
+                return _json(answer)
+            environ = request.environ
+
+            def events():
+                try:
+                    for chunk in answer:
+                        if sse.hung_up(environ):
+                            return
+                        yield chunk
+                finally:
+                    answer.close()
+
+            return Response(events(), mimetype=sse.CONTENT_TYPE,
+                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+        return predict
+
     for route in routes:
         info = infos[(route.model, route.version)]
-        view = stream_view(route, info) if info.decoupled else predict_view(route, info)
+        if openai.kind(route.url):
+            view = openai_view(route, info)
+        else:
+            view = stream_view(route, info) if info.decoupled else predict_view(route, info)
         app.add_url_rule(route.url, endpoint=f"{route.method} {route.url}", methods=[route.method], view_func=view)
         log.info("route %s %s -> model %r (inputs %s; outputs %s)", route.method, route.url, route.model,
                  [f.name for f in route.inputs], [f.name for f in route.outputs])

@@ -3,12 +3,15 @@
 1. explicit: MODEL_BINDINGS (`"/url=model[:version],..."`, outside config.json so the uploaded file keeps only
    ModelArts' keys), or an api's own `"x-triton"` key in configs written before these rules;
 2. the URL's last path segment is the name of a model in Triton's repository (`/v1/mnist` -> `mnist`);
-3. the one model whose inputs are exactly the request's properties and whose outputs include the response's.
+3. the one model whose inputs are exactly the request's properties and whose outputs include the response's; for an
+   OpenAI route (/v1/chat/completions, /v1/completions: serving/openai.py), the one LLM model (decoupled, with
+   text_input and text_output).
 
 Otherwise start-up stops with a message that names the candidates and the setting that decides.
 """
 from dataclasses import replace
 
+from . import openai
 from .errors import ConfigError
 
 
@@ -42,6 +45,16 @@ def bind(routes, models, overrides=None):
             model, version = overrides[route.url]
         elif route.model:
             model, version = route.model, route.version
+        elif openai.kind(route.url):
+            # An OpenAI route (/v1/chat/completions, /v1/completions): the one LLM model of the repository.
+            found = sorted(name for name, info in models.items() if openai.is_llm(info))
+            if len(found) != 1:
+                what = (f"several LLM models (decoupled, text_input -> text_output): {found}" if found else
+                        f"no model is an LLM model (decoupled, text_input -> text_output); Triton serves "
+                        f"{sorted(models)}")
+                raise ConfigError(f"{where}: cannot tell which model serves it: {what}. Bind it with "
+                                  f"MODEL_BINDINGS='{route.url}=<model>'")
+            model, version = found[0], ""
         else:
             segment = route.url.rstrip("/").rsplit("/", 1)[-1]
             if segment in models:

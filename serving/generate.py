@@ -10,6 +10,8 @@ Each model's config.pbtxt decides its api; serving/binding.py binds it back by i
   Where a batched model's only inputs are single-element non-file items, the JSON properties are arrays: a list
   of N values is a batch of N (as `/embeddings` takes a list of texts), and every output is then one more array;
 - response: one property per output, named as the output: a scalar for a single element, else arrays.
+A repository with one LLM model (decoupled, text_input -> text_output, as Triton's vLLM and TensorRT-LLM models)
+also gets OpenAI's /v1/chat/completions and /v1/completions (serving/openai.py).
 """
 import argparse
 import json
@@ -96,12 +98,45 @@ def api(config):
     }
 
 
+_MESSAGE = {"type": "object", "properties": {"role": {"type": "string"}, "content": {"type": "string"}},
+            "required": ["role", "content"]}
+_SAMPLING = {"model": {"type": "string"}, "stream": {"type": "boolean"}, "max_tokens": {"type": "integer"},
+             "temperature": {"type": "number"}, "top_p": {"type": "number"}}
+_ANSWER = {"type": "object", "description": "OpenAI's answer; with \"stream\": true, Server-Sent Events of chunks, "
+                                            "then data: [DONE]",
+           "properties": {"id": {"type": "string"}, "object": {"type": "string"}, "created": {"type": "integer"},
+                          "model": {"type": "string"}, "choices": {"type": "array", "items": {"type": "object"}},
+                          "usage": {"type": "object"}},
+           "required": ["id", "object", "created", "model", "choices"]}
+
+
+def is_llm(config):
+    """Triton's vLLM / TensorRT-LLM interface: decoupled, text_input in, text_output out."""
+    return (config.model_transaction_policy.decoupled and any(i.name == "text_input" for i in config.input)
+            and any(o.name == "text_output" for o in config.output))
+
+
+def openai_apis():
+    """/v1/chat/completions and /v1/completions (serving/openai.py), for a repository with an LLM model."""
+    def one(url, first):
+        return {"protocol": "http", "url": url, "method": "post",
+                "request": {"Content-type": "application/json",
+                            "data": {"type": "object", "properties": {**first, **_SAMPLING},
+                                     "required": list(first)}},
+                "response": {"Content-type": "application/json", "data": _ANSWER}}
+    return [one("/v1/chat/completions", {"messages": {"type": "array", "items": _MESSAGE}}),
+            one("/v1/completions", {"prompt": {"type": "string"}})]
+
+
 def generate(repository, algorithm="predict_analysis"):
     models = sorted(os.path.join(repository, d) for d in os.listdir(repository)
                     if os.path.isfile(os.path.join(repository, d, "config.pbtxt")))
     if not models:
         raise SystemExit(f"no model (a folder with config.pbtxt) in {repository}")
-    apis = [api(read_model(m)) for m in models]
+    configs = [read_model(m) for m in models]
+    apis = [api(c) for c in configs]
+    if sum(is_llm(c) for c in configs) == 1:   # with several, bind each OpenAI url with MODEL_BINDINGS
+        apis += openai_apis()
     urls = [a["url"] for a in apis]
     if len(set(urls)) != len(urls):
         raise SystemExit(f"two models share a URL: {urls}; set modelarts_url in their config.pbtxt")

@@ -166,3 +166,77 @@ def test_sigterm_with_16_streams_in_flight_ends_each_with_a_final_event(tmp_path
              "Triton stopped (exit 0)", "shutdown complete"]
     positions = [log.find(m) for m in marks]
     assert all(p >= 0 for p in positions) and positions == sorted(positions), dict(zip(marks, positions))
+
+
+# The OpenAI-compatible routes, with the openai client (make config adds them for a repository with one LLM model).
+
+@pytest.fixture(scope="module")
+def client(stack):
+    from openai import OpenAI
+    return OpenAI(base_url=stack.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+
+
+def test_make_config_adds_the_openai_routes_for_an_llm_model(stack):
+    doc = json.loads((pathlib_repo(stack) / "config.json").read_text())
+    assert [a["url"] for a in doc["apis"]] == ["/tokens", "/v1/chat/completions", "/v1/completions"]
+    assert "route POST /v1/chat/completions: OpenAI chat for model 'tokens' (chat template: tokenizer_config.json)" \
+        in stack.log()
+
+
+def pathlib_repo(stack):
+    import pathlib
+    return pathlib.Path(stack.env["MODEL_REPOSITORY"])
+
+
+def test_chat_completions_with_the_openai_client(client):
+    answer = client.chat.completions.create(model="tokens", messages=[{"role": "user", "content": "hello"}],
+                                            max_tokens=4)
+    assert answer.object == "chat.completion" and answer.model == "tokens" and answer.id.startswith("chatcmpl-")
+    assert answer.choices[0].message.role == "assistant"
+    assert answer.choices[0].message.content == " tok0 tok1 tok2 tok3"
+    assert answer.choices[0].finish_reason == "length"   # max_tokens responses
+    assert answer.usage is None or answer.usage.completion_tokens == 4
+
+
+def test_chat_completions_streamed_with_the_openai_client(client):
+    chunks = list(client.chat.completions.create(model="tokens", messages=[{"role": "user", "content": "hi"}],
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "".join(f" tok{i}" for i in range(8))   # the model's default: 8 tokens
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == ["stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 8
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+
+
+def test_completions_streamed_and_not(client):
+    answer = client.completions.create(model="tokens", prompt="once", max_tokens=3)
+    assert (answer.object, answer.choices[0].text, answer.choices[0].finish_reason) == (
+        "text_completion", " tok0 tok1 tok2", "length")
+    text = "".join(c.choices[0].text for c in client.completions.create(model="tokens", prompt="once", max_tokens=3,
+                                                                          stream=True) if c.choices)
+    assert text == " tok0 tok1 tok2"
+
+
+def test_openai_errors_are_openai_shaped(stack, client):
+    import openai
+    with pytest.raises(openai.NotFoundError) as err:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert err.value.body["code"] == "model_not_found"
+    resp = requests.post(stack.url + "/v1/chat/completions", json={"model": "tokens", "messages": []}, timeout=10)
+    assert resp.status_code == 400
+    assert body(resp) == {"error": {"message": "'messages' must be a non-empty list of {role, content} objects",
+                                    "type": "invalid_request_error", "param": "messages", "code": None}}
+    resp = requests.post(stack.url + "/v1/completions", data="{", headers={"Content-Type": "application/json"},
+                         timeout=10)
+    assert resp.status_code == 400 and body(resp)["error"]["type"] == "invalid_request_error"
+
+
+def test_the_chat_template_comes_from_the_model_s_tokenizer_config():
+    sys.path.insert(0, ROOT)
+    from serving.openai import Template
+    rendered = Template(TOKENS).render([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
+    assert rendered == "<s><|system|>be brief</s><|user|>hi</s><|assistant|>"
+    plain = Template(None).render([{"role": "user", "content": "hi"}])
+    assert plain == "user: hi\nassistant:"

@@ -42,6 +42,10 @@ def value(schema, dims):
     if kind == "array":
         n = dims[0] if dims and dims[0] > 0 else 1
         return [value(schema.get("items") or {}, dims[1:]) for _ in range(n)]
+    if kind == "object":
+        props = schema.get("properties") or {}
+        wanted = schema.get("required", list(props))
+        return {k: value(props[k], []) for k in wanted if k in props}
     return {"string": "rehearsal", "integer": 1, "number": 0.5, "boolean": True}.get(kind, "rehearsal")
 
 
