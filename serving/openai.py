@@ -145,10 +145,22 @@ def parse(doc, which):
         if not isinstance(prompt, str):
             raise OpenAIError("'prompt' must be a string", param="prompt")
         source = prompt
+    if doc.get("model") is not None and not isinstance(doc["model"], str):
+        raise OpenAIError("'model' must be a string", param="model")
     sampling = {}
     for key, name in SAMPLING.items():
-        if doc.get(key) is not None:
-            sampling[name] = doc[key]
+        value = doc.get(key)
+        if value is None:
+            continue
+        if key == "stop":
+            ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        elif key in ("seed", "max_tokens", "max_completion_tokens"):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not ok:
+            raise OpenAIError(f"'{key}' has the wrong type: {type(value).__name__}", param=key)
+        sampling[name] = value
     if "max_tokens" in sampling and (not isinstance(sampling["max_tokens"], int) or sampling["max_tokens"] < 1):
         raise OpenAIError("'max_tokens' must be a positive integer", param="max_tokens")
     stream = doc.get("stream") is True

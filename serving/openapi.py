@@ -56,7 +56,11 @@ def document(config, routes=None, title="", metrics=True, streaming=()):
                 **_errors(["400", "404", "405", "413", "415", "503", "504"]),
             },
         }
-        if route.url in streaming:
+        if route.url in streaming and route.url.endswith(("/v1/chat/completions", "/v1/completions")):
+            operation["description"] = ("OpenAI-compatible: with `\"stream\": true` the answer is OpenAI's chunks as "
+                                        "Server-Sent Events, then `data: [DONE]`; errors are OpenAI's error object.")
+            operation["responses"]["200"]["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+        elif route.url in streaming:
             operation["description"] = ("The model is decoupled: with `Accept: text/event-stream` or `\"stream\": "
                                         "true` the answer is Server-Sent Events, one `data:` event per response "
                                         "(this schema), then `event: end` or `event: error`.")

@@ -34,7 +34,7 @@ def fails(report):
 def test_the_shipped_config_passes_the_static_checks():
     report, apis = check(SHIPPED)
     assert fails(report) == []
-    assert [a["url"] for a in apis] == ["/", "/embeddings"]
+    assert [a["url"] for a in apis] == ["/", "/embeddings", "/generate", "/v1/chat/completions", "/v1/completions"]
     assert [(f.level, f.check) for f in report.findings] == [("PASS", "config.json")]
 
 
@@ -79,7 +79,7 @@ def test_duplicate_urls_and_a_health_url_other_than_health_fail():
 def test_batch_fitness_says_why_and_prints_the_csv_mapping_rule():
     report = Report(out=io.StringIO())
     report.phase("static checks")
-    for api in SHIPPED["apis"]:
+    for api in SHIPPED["apis"][:2]:
         static.batch_fitness(api, report)
     scalar = copy.deepcopy(SHIPPED["apis"][1])
     scalar["url"] = "/score"

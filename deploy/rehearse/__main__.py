@@ -125,14 +125,17 @@ def start_phase(service, doc, report, wait_limit):
 
 
 def model_inputs(service):
-    """{url: {input: item dims}} from /openapi.json's x-triton-model and Triton's config (v2 pass-through)."""
-    found = {}
+    """{url: {input: item dims}} from /openapi.json's x-triton-model and Triton's config (v2 pass-through), and the
+    urls that can answer as a stream (text/event-stream)."""
+    found, streams = {}, set()
     try:
         spec = requests.get(service.url + "/openapi.json", timeout=10).json()
     except (requests.RequestException, ValueError):
-        return found
+        return found, streams
     for url, ops in spec.get("paths", {}).items():
         for op in ops.values():
+            if "text/event-stream" in ((op.get("responses") or {}).get("200") or {}).get("content", {}):
+                streams.add(url)
             model = (op.get("x-triton-model") or {}).get("name")
             if not model:
                 continue
@@ -141,7 +144,36 @@ def model_inputs(service):
                 found[url] = {i["name"]: [int(d) for d in i.get("dims", [])] for i in cfg.get("input", [])}
             except (requests.RequestException, ValueError, KeyError, TypeError):
                 pass
-    return found
+    return found, streams
+
+
+def streamed_call(service, api, kwargs, report, where):
+    """An api that may stream: the whole stream, to its final event, against the gateway's 40 s."""
+    openai_route = api["url"].endswith(("/v1/chat/completions", "/v1/completions"))
+    if openai_route:
+        kwargs = dict(kwargs, json=dict(kwargs.get("json", {}), stream=True))
+    started = time.monotonic()
+    try:
+        resp = requests.post(service.url + api["url"], headers={"Accept": "text/event-stream"}, stream=True,
+                             timeout=P.SYNC_TIMEOUT_S + 10, **kwargs)
+        lines = [line for line in resp.iter_lines(decode_unicode=True) if line]
+    except requests.RequestException as exc:
+        report.add("FAIL", f"{where}: stream", f"no answer ({type(exc).__name__})", "sync_time")
+        return
+    took = time.monotonic() - started
+    events = [line for line in lines if line.startswith(("data:", "event:"))]
+    ended = ("data: [DONE]" in lines) if openai_route else ("event: end" in lines)
+    failed = "event: error" in lines or any('"error"' in line for line in events[-2:])
+    if resp.status_code != 200 or not ended or failed:
+        report.add("FAIL", f"{where}: stream", f"{resp.status_code}, {len(events)} event lines, "
+                   f"{'no final event' if not ended else 'an error event'}: {(events or ['-'])[-1][:200]}",
+                   "status", "see build/rehearsal/service.log")
+    elif took > P.APIG_TIMEOUT_S:
+        report.add("FAIL", f"{where}: stream", f"the whole stream took {took:.1f} s", "apig_time",
+                   "end the stream within 40 s (fewer tokens), or raise the service's own timeout")
+    else:
+        report.add("PASS", f"{where}: stream", f"{len(events)} event lines to the final event in {took * 1000:.0f} ms "
+                   f"(APIG allows {P.APIG_TIMEOUT_S} s for the whole stream)", "apig_time")
 
 
 def call(service, api, kwargs, timeout):
@@ -162,7 +194,7 @@ def body_size(kwargs):
 def calls_phase(service, apis, samples, report):
     """Every api once, as a client would; returns {url: (kwargs, answer)} for the apis that answered right."""
     import jsonschema
-    shapes = model_inputs(service)
+    shapes, streams = model_inputs(service)
     answered = {}
     for api in apis:
         where = f"{str(api.get('method', 'post')).upper()} {api['url']}"
@@ -216,6 +248,8 @@ def calls_phase(service, apis, samples, report):
         shown = f" -> {resp.text}" if length <= 120 else ""
         report.add("PASS", f"{where}: answer", f"200, {length} bytes, valid against the response schema "
                    f"(sent {sent}){shown}", "schema")
+        if api["url"] in streams:
+            streamed_call(service, api, kwargs, report, where)
         bad = payloads.malformed(api)
         resp, _, _ = call(service, api, bad, 30)
         ok = resp is not None and 400 <= resp.status_code < 500 and _is_error_json(resp)
@@ -236,6 +270,11 @@ def _is_error_json(resp):
         return isinstance(resp.json(), dict)
     except ValueError:
         return False
+
+
+def _stable(answer):
+    """An answer without what differs by design from call to call (an OpenAI answer's id and created)."""
+    return {k: v for k, v in answer.items() if k not in ("id", "created")} if isinstance(answer, dict) else answer
 
 
 def upgrade_phase(service, answered, probes, report):
@@ -259,7 +298,7 @@ def upgrade_phase(service, answered, probes, report):
                         except (ValueError, jsonschema.ValidationError):
                             ok = False
                     outcome = resp.status_code if ok else f"{resp.status_code} {resp.text[:100]}"
-                    same = ok and resp.json() == expected[api["url"]]
+                    same = ok and _stable(resp.json()) == _stable(expected[api["url"]])
                 except requests.RequestException as exc:
                     outcome, same = type(exc).__name__, False
                 with lock:

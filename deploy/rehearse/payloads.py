@@ -1,7 +1,8 @@
 """Phase 3's requests: built from each api's request schema as the console's Prediction tab and a client would.
 
-File fields come from SAMPLES ("field=path ..."). Other fields take the schema's `examples` or `default` where it
-gives one, else a value of the declared type, shaped as the model's input (read from Triton's metadata through the
+File fields come from SAMPLES ("field=path ..."). Other required fields take the schema's `examples` or `default`
+where it gives one, else a value of the declared type, shaped as the model's input; optional ones are sent only when
+the schema gives such a value (read from Triton's metadata through the
 KServe v2 endpoints on the same port).
 """
 import base64
@@ -72,6 +73,8 @@ def build(api, model_inputs, samples):
             else:
                 (form if multipart else body)[name] = base64.b64encode(data).decode()
             continue
+        if name not in required and not any(k in schema for k in ("examples", "default", "example")):
+            continue   # an optional field is left out unless the schema says what to send
         v = value(schema, model_inputs.get(name, []))
         if multipart:
             form[name] = v if isinstance(v, str) else json.dumps(v)
