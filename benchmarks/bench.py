@@ -681,6 +681,9 @@ def main():
     parser.add_argument("--on-demand", action=argparse.BooleanOptionalAction, default=True,
                         help="the on-demand loading section (benchmarks/on_demand.py)")
     parser.add_argument("--on-demand-seconds", type=int, default=20)
+    parser.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=True,
+                        help="the streaming section (benchmarks/streaming.py)")
+    parser.add_argument("--streaming-seconds", type=int, default=10)
     args = parser.parse_args()
     if args.smoke:
         args.concurrency, args.seconds, args.perf_analyzer = [1, 4], 2, False   # embeddings: c=4 only
@@ -700,6 +703,11 @@ def main():
     if args.on_demand:
         import on_demand
         section, doc["on_demand"] = on_demand.measure(workdir, 2 if args.smoke else args.on_demand_seconds)
+        text += "\n" + section
+    if args.streaming:
+        import streaming
+        section, doc["streaming"] = (streaming.run(workdir, 2, (1, 4)) if args.smoke else
+                                     streaming.run(workdir, args.streaming_seconds))
         text += "\n" + section
     print(text)
     out = pathlib.Path(args.out)

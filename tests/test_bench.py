@@ -11,7 +11,7 @@ from conftest import ROOT, require
 def test_bench_smoke_runs_every_workload_with_right_answers(tmp_path):
     require("wrk")
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench.py"), "--smoke",
-                           "--out", str(tmp_path), "--name", "smoke"], capture_output=True, text=True, timeout=300)
+                           "--out", str(tmp_path), "--name", "smoke"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads((tmp_path / "smoke.json").read_text())
     points = {(p["workload"], p["concurrency"]) for p in doc["points"]}
@@ -38,6 +38,15 @@ def test_bench_smoke_runs_every_workload_with_right_answers(tmp_path):
     assert all(p["requests"] > 0 and p["errors"] == 0 for p in points), points
     assert points[2]["loads"] > 0
     assert "## On-demand loading" in (tmp_path / "smoke.md").read_text()
+    # Streaming: both sides read every stream to its end, tokens checked; TTFT and tokens/s on both.
+    points = doc["streaming"]["points"]
+    assert [p["concurrency"] for p in points] == [1, 4]
+    for p in points:
+        for side in ("proxy", "direct"):
+            assert p[side]["streams"] > 0 and p[side]["tokens"] == 32 * p[side]["streams"]
+            assert 0 < p[side]["ttft_p50_ms"] <= p[side]["ttft_p99_ms"]
+        assert p["proxy_cpu_ms_per_token"] > 0
+    assert "## Streaming" in (tmp_path / "smoke.md").read_text()
     assert (tmp_path / "smoke.png").stat().st_size > 10_000
 
 

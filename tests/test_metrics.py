@@ -71,7 +71,10 @@ def test_openapi_document_is_valid_and_describes_every_api(stack):
     doc = body(resp)
     validate(doc)
     assert doc["openapi"] == "3.1.0"
-    assert set(doc["paths"]) == {"/", "/embeddings", "/health", "/metrics"}
+    assert set(doc["paths"]) == {"/", "/embeddings", "/generate", "/v1/chat/completions", "/v1/completions",
+                                 "/health", "/metrics"}
+    generate = doc["paths"]["/generate"]["post"]   # a decoupled model: JSON, or Server-Sent Events when asked
+    assert set(generate["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
     mnist = doc["paths"]["/"]["post"]
     assert mnist["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["images"] == {
         "type": "string", "format": "binary", "contentMediaType": "application/octet-stream"}

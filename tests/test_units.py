@@ -20,7 +20,8 @@ with open(os.path.join(ROOT, "config.json")) as f:
 def test_shipped_config_serves_mnist_at_root_and_embeddings():
     config = modelarts.parse(SHIPPED)
     assert config.health_url == "/health"
-    mnist, embeddings = config.routes
+    mnist, embeddings, generate, chat, completions = config.routes
+    assert [r.url for r in (generate, chat, completions)] == ["/generate", "/v1/chat/completions", "/v1/completions"]
     assert (mnist.url, mnist.method, mnist.model, mnist.version) == ("/", "POST", "", "")   # bound at start-up
     assert mnist.content_type == "multipart/form-data"
     assert mnist.inputs == (modelarts.Field("images", "file", True),)
@@ -55,8 +56,9 @@ def test_several_models_each_behind_its_url():
                      "data": {"type": "object", "properties": {"embedding": {"type": "array"}}}},
     })
     routes = modelarts.parse(doc).routes
-    assert [(r.url, r.model, r.version) for r in routes] == [("/", "", ""), ("/embeddings", "", ""),
-                                                              ("/embed", "minilm", "2")]
+    assert [(r.url, r.model, r.version) for r in routes] == [
+        ("/", "", ""), ("/embeddings", "", ""), ("/generate", "", ""), ("/v1/chat/completions", "", ""),
+        ("/v1/completions", "", ""), ("/embed", "minilm", "2")]
 
 
 def _broken(mutate):
