@@ -185,16 +185,16 @@ def create_app(settings=None):
                 raise BadRequest("the request carries none of the fields " + ", ".join(f.name for f in route.inputs))
             asked = sse.wants_stream(request.environ, request.environ.get("serving.json"))
             responses = call.responses(sse.stream_flag(info, tensors, asked),
-                                       settings.stream_heartbeat_s if asked else None)
+                                       settings.stream_heartbeat_s if asked else None, coalesce=True)
             try:   # before the first response, an error is the usual JSON answer with its status
                 first = next((r for r in responses if r is not None), None)
             except BaseException:
                 responses.close()
                 raise
             if not asked:
-                answers = [] if first is None else [encode(first, batch)]
+                answers = [] if first is None else [encode(r, batch) for r in first]
                 try:
-                    answers += [encode(r, batch) for r in responses if r is not None]
+                    answers += [encode(r, batch) for group in responses if group is not None for r in group]
                 finally:
                     responses.close()
                 return _json(sse.join(answers, types))
@@ -205,18 +205,18 @@ def create_app(settings=None):
                 n = 0
                 try:
                     if first is not None:
-                        n += 1
-                        yield sse.event(encode(first, batch))
-                    for r in responses:
+                        n += len(first)
+                        yield b"".join(sse.event(encode(r, batch)) for r in first)
+                    for group in responses:
                         if sse.hung_up(environ):
                             log.info("%s %s: the client hung up after %d responses; cancelled", route.method,
                                      route.url, n)
                             return
-                        if r is None:
+                        if group is None:
                             yield sse.HEARTBEAT
                             continue
-                        n += 1
-                        yield sse.event(encode(r, batch))
+                        n += len(group)   # the responses that arrived together: one write
+                        yield b"".join(sse.event(encode(r, batch)) for r in group)
                     yield sse.event({"responses": n}, "end")
                 except ServingError as exc:
                     log.warning("%s %s: stream ended after %d responses: %s", route.method, route.url, n, exc.message)

@@ -178,6 +178,9 @@ def output_value(arr, schema_type, batched, depth=None, batch_in=False):
     so does an output whose schema nests as deep as the output is (an array of vectors stays an array of vectors).
     An item of one element is a scalar, unless the schema says "array"."""
     if arr.dtype == np.object_:
+        if arr.size == 1 and schema_type != "array" and not depth and not (batched and batch_in):
+            v = arr.reshape(-1)[0]   # one string (a token of a stream): no vectorize
+            return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
         arr = np.vectorize(lambda b: b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b),
                            otypes=[np.object_])(arr)
     elif arr.dtype == np.float16:

@@ -263,10 +263,11 @@ class StreamCall(InferCall):
         request.parameters["triton_enable_empty_final_response"].bool_param = True
         self.prefix = request.SerializeToString()
 
-    def responses(self, tensors, idle=None):
-        """Yields {output name: array} per response, and None after each `idle` seconds without one; ends after the
-        final response. Raises ServingError (a deadline, Triton's error for the request). Closing it (a client that
-        hung up) cancels the request in Triton."""
+    def responses(self, tensors, idle=None, coalesce=False):
+        """Yields {output name: array} per response (with `coalesce`, a list of them: every response that has
+        arrived by then), and None after each `idle` seconds without one; ends after the final response. Raises
+        ServingError (a deadline, Triton's error for the request). Closing it (a client that hung up) cancels the
+        request in Triton."""
         try:
             stream = self.client.stream("ModelStreamInfer", self.parts(tensors), self.timeout)
         except RpcError as exc:
@@ -281,13 +282,28 @@ class StreamCall(InferCall):
                 if raw is None:
                     yield None
                     continue
-                message = service_pb2.ModelStreamInferResponse.FromString(raw)
-                if message.error_message:
-                    raise ServingError(f"inference failed: {message.error_message}")
-                response = message.infer_response
-                if response.outputs:
-                    yield {out.name: codecs.from_raw(raw, out.datatype, out.shape)
-                           for out, raw in zip(response.outputs, response.raw_output_contents)}
+                batch, ended = [raw], False
+                if coalesce:   # what has already arrived goes out with it, so that a busy stream sends fewer writes
+                    try:
+                        while (more := stream.next(0)) is not None:
+                            batch.append(more)
+                    except StopIteration:
+                        ended = True
+                found = []
+                for raw in batch:
+                    message = service_pb2.ModelStreamInferResponse.FromString(raw)
+                    if message.error_message:
+                        if found:   # the responses before the error go out first
+                            yield found
+                        raise ServingError(f"inference failed: {message.error_message}")
+                    response = message.infer_response
+                    if response.outputs:
+                        found.append({out.name: codecs.from_raw(data, out.datatype, out.shape)
+                                      for out, data in zip(response.outputs, response.raw_output_contents)})
+                if found:
+                    yield found if coalesce else found[0]
+                if ended:
+                    return
                 # After the final response (triton_final_response) Triton ends the stream, since the one request
                 # was half-closed: the end of the loop is StopIteration, after the trailers.
         except RpcError as exc:
