@@ -31,7 +31,7 @@ tar -C "$OUT/stage/triton" -cf - . | xz -6 -T0 > "$OUT/triton.tar.xz"
     --platform manylinux1_x86_64 --target "$OUT/stage/site" \
     numpy==1.26.4 flask==3.1.3 werkzeug==3.1.9 gunicorn==27.0.1 gevent==26.9.0 greenlet==3.5.6 grpcio==1.85.3 \
     protobuf==4.25.9 blinker itsdangerous zope.event zope.interface \
-    geventhttpclient==2.0.2 brotli certifi six prometheus_client==0.26.0 markupsafe hpack==4.2.0 orjson==3.13.0
+    geventhttpclient==2.0.2 brotli certifi six prometheus_client==0.26.0 markupsafe hpack==4.2.0 orjson==3.13.0 jinja2
 # From tritonclient only its KServe v2 gRPC modules: the wheel's bundled perf_analyzer alone is 20 MB.
 mkdir -p "$OUT/stage/site/tritonclient/grpc"
 cp "$VENV_SITE/tritonclient/__init__.py" "$OUT/stage/site/tritonclient/"
