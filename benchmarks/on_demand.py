@@ -171,21 +171,26 @@ def measure(workdir, seconds):
     return markdown(cold, points, seconds), {"cold": cold, "budget": points, "seconds": seconds}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=20)
+def standalone(name, doc, measure_fn, seconds):
+    """A section run on its own: `measure_fn(workdir, seconds)` -> (markdown, doc), written to <out>/<name>.{md,json}."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=seconds)
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     workdir = pathlib.Path(tempfile.mkdtemp())
     try:
-        text, doc = measure(workdir, args.seconds)
+        text, result = measure_fn(workdir, args.seconds)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print(text)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "on_demand.md").write_text(text)
-    (out / "on_demand.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / f"{name}.md").write_text(text)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+def main():
+    standalone("on_demand", __doc__, measure, 20)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,12 @@ with the same Python load generator (threads, keep-alive, every stream read to i
 
     python benchmarks/streaming.py [--seconds 10] [--out benchmarks/results]    (make bench runs it too)
 """
-import argparse
 import json
 import pathlib
 import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -26,21 +24,11 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import Stack  # noqa: E402
+from bench import proc_cpu  # noqa: E402
+from on_demand import standalone  # noqa: E402
 
 TOKENS = 32
 EXPECTED = "".join(f" tok{i}" for i in range(TOKENS))
-
-
-def proc_cpu(pids):
-    total = 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / 100.0
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
 
 
 def repository(workdir):
@@ -174,20 +162,7 @@ def run(workdir, seconds, concurrency=(1, 16, 64)):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--out", default=str(HERE / "results"))
-    args = parser.parse_args()
-    workdir = pathlib.Path(tempfile.mkdtemp())
-    try:
-        text, doc = run(workdir, args.seconds)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(text)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "streaming.md").write_text(text)
-    (out / "streaming.json").write_text(json.dumps(doc, indent=2) + "\n")
+    standalone("streaming", __doc__, run, 10)
 
 
 if __name__ == "__main__":
