@@ -113,6 +113,11 @@ rm -f "$DRAIN_FILE" "$DRAIN_FILE".crashed.*   # crash marks of a model (serving/
 rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/serving-run.XXXXXX")   # Triton's output pipe and its load errors
 trap 'rm -rf "$PROMETHEUS_MULTIPROC_DIR" "$run_dir"' EXIT
+# A config.json that cannot be served stops the start before Triton loads anything.
+if ! why=$("$PROXY_PYTHON" -m serving.modelarts "$MODELARTS_CONFIG" 2>&1); then
+    log "$why"
+    exit 1
+fi
 model_bin=$(dirname "$(command -v "$MODEL_PYTHON")")
 log "starting Triton: repository $MODEL_REPOSITORY, config $MODELARTS_CONFIG, models' python $model_bin/python3"
 # Without a GPU, Triton is told so (no GPU metrics, no CUDA memory pools) instead of logging four CUDA errors.

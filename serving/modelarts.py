@@ -132,3 +132,12 @@ def load(path):
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
     return parse(doc)
+
+
+if __name__ == "__main__":   # run.sh, before Triton starts: a config.json that cannot be served stops it at once
+    import sys
+    try:
+        load(sys.argv[1])
+    except ConfigError as exc:
+        print(f"config.json: {exc}")
+        sys.exit(2)
