@@ -6,7 +6,8 @@ Routes are bound from each model's config.pbtxt (`read_repository`), so that not
 
 The gunicorn workers coordinate through lock files in LOADING_DIR (one folder per run, made by run.sh):
 - `repository.lock`: held exclusively by the one worker that changes what Triton has loaded (a load or an unload),
-  so two loads of one model are never sent (Triton would reload a loaded model) and the budget is counted once;
+  so two loads of one model are never sent (Triton would reload a loaded model) and the budget is counted once
+  (flock is per open file, so within a worker a gevent semaphore does the same for its greenlets);
 - `<model>.lock`: held shared by every worker with a request in flight for the model. Unloading needs it
   exclusively, so a model is never unloaded under a request. Its mtime is the model's last use: the LRU order;
 - `<model>.failed` holds Triton's reason for a failed load, answered for LOAD_RETRY_S before a new try;
@@ -174,6 +175,10 @@ class Loader:
         self.evict_fds = {}    # model -> fd used to test and hold a victim's lock (a separate open file)
         self.touched = {}
         self.repo_fd = self._open("repository")
+        # flock is per open file: every greenlet of this worker shares repo_fd, so within the worker a semaphore
+        # makes the hold exclusive (the file lock makes it so across workers).
+        from gevent.lock import Semaphore
+        self.repo_guard = Semaphore()
         # Every unload (and reload) moves this file's mtime: a worker that saw a model READY at the current
         # generation knows it still is, without asking Triton (its shared hold keeps it from being unloaded).
         self.generation = os.path.join(lock_dir, "generation")
@@ -274,7 +279,10 @@ class Loader:
             pass
         no_room = False
         while True:
+            if not self.repo_guard.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                break
             if not self._lock(self.repo_fd, fcntl.LOCK_EX, deadline):
+                self.repo_guard.release()
                 break
             try:
                 states = self._index(self._remaining(deadline))
@@ -296,6 +304,7 @@ class Loader:
                 raise Unavailable(f"inference server is not reachable: {exc.details or exc.name}") from None
             finally:
                 fcntl.flock(self.repo_fd, fcntl.LOCK_UN)
+                self.repo_guard.release()
             if time.monotonic() >= deadline:
                 break
             gevent.sleep(0.05)   # another worker's load or unload of it, or every loaded model is busy

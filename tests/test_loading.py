@@ -102,6 +102,18 @@ def test_nothing_is_loaded_at_start_and_health_is_200(budget_stack):
     assert "models load on demand: pinned none, at most 2 loaded" in budget_stack.log()
 
 
+def test_first_requests_to_six_models_at_once_never_hold_more_than_two(budget_stack):
+    """Every greenlet of a worker shares its lock file's descriptor, and flock lets them all in: the budget holds
+    only if the worker serializes them too (it once loaded six at once)."""
+    with Poller(budget_stack) as poll, ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda m: (m, ask(budget_stack, m)), SIX * 2))
+    assert len(poll.most) <= 2, poll.most
+    # Six loads in turn take longer than the 10 s deadline: the last ones wait, then get a JSON 503 or 504.
+    right = [m for m, r in answers if (r.status_code, r.json()) == (200, {"model": m})]
+    late = [r for _, r in answers if r.status_code in (503, 504) and "error" in r.json()]
+    assert len(right) + len(late) == 12 and len(set(right)) >= 2, [(m, r.status_code, r.text[:100]) for m, r in answers]
+
+
 def test_200_requests_over_six_models_never_hold_more_than_two(budget_stack):
     # In blocks of 20 per model, so that each model is loaded a few times rather than on every request.
     order = [SIX[(k // 20) % 6] for k in range(200)]
