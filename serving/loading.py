@@ -355,7 +355,8 @@ class Loader:
                              key=self._last_used)
             for victim in victims:
                 if self._take(victim):
-                    self._unload(victim, "lru", deadline)
+                    if not self._unload(victim, "lru", deadline):
+                        return False   # still unloading at the deadline: no load may start beside it
                     held.remove(victim)
                     break
             else:
@@ -363,12 +364,16 @@ class Loader:
         return True
 
     def _unload(self, name, reason, deadline):
-        """Unload and wait until Triton has let go of it (its unload API returns before that)."""
+        """Unload and wait until Triton has let go of it (its unload API returns before that), at most until the
+        deadline: True when it is gone."""
         try:
             self.client.call("RepositoryModelUnload", service_pb2.RepositoryModelUnloadRequest(model_name=name),
                              self._remaining(deadline))
             limit = min(time.monotonic() + UNLOAD_WAIT_S, deadline)
-            while self._index(self.timeout).get(name, ("", ""))[0] in HELD and time.monotonic() < limit:
+            while True:
+                gone = self._index(self.timeout).get(name, ("", ""))[0] not in HELD
+                if gone or time.monotonic() >= limit:
+                    break
                 gevent.sleep(0.05)
         finally:
             self._next_generation()
@@ -376,6 +381,7 @@ class Loader:
         log.info("model %r unloaded (least recently used, to stay within %s)", name, self.budget_text())
         if self.metrics is not None:
             self.metrics.model_unloaded(name, reason)
+        return gone
 
     def budget_text(self):
         parts = [f"MAX_LOADED_MODELS={self.max_loaded}"] if self.max_loaded > 0 else []

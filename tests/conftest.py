@@ -96,6 +96,20 @@ class Stack:
                 found.append(int(entry))
         return sorted(found)
 
+    def triton_pid(self):
+        """The tritonserver process itself (not its model stubs, whose command lines name its folder too)."""
+        found = {}
+        for pid in self.pids("tritonserver"):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv0 = f.read().split(b"\0")[0]
+            except OSError:
+                continue
+            found[pid] = argv0
+        servers = [pid for pid, argv0 in found.items() if argv0.endswith(b"/bin/tritonserver")]
+        assert len(servers) == 1, found
+        return servers[0]
+
     def terminate(self, timeout=120):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -122,7 +122,7 @@ def health_not_200(url):
 
 def test_kill_9_triton_health_fails_fast_and_run_sh_exits(new_stack):
     stack = new_stack()
-    [triton] = stack.pids("bin/tritonserver ")   # the server, not its model stubs
+    triton = stack.triton_pid()
     killed = time.monotonic()
     os.kill(triton, signal.SIGKILL)
     wait_for(lambda: health_not_200(stack.url), 2, "/health not 200 within 2 s")

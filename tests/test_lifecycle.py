@@ -97,7 +97,7 @@ def test_a_child_dying_stops_the_other_and_fails(new_stack, victim):
 def test_stalled_triton_gives_503_health_and_504_predict_then_recovers(new_stack, held_out):
     x, y = held_out
     stack = new_stack(REQUEST_TIMEOUT="2", HEALTH_TIMEOUT="1", HEALTH_CACHE="0")
-    [triton] = stack.pids("bin/tritonserver ")   # the server, not its model stubs
+    triton = stack.triton_pid()
     os.kill(triton, signal.SIGSTOP)
     try:
         resp = requests.get(stack.url + "/health", timeout=10)

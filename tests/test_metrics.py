@@ -90,7 +90,7 @@ def test_openapi_document_is_valid_and_describes_every_api(stack):
 
 def test_triton_errors_are_counted_by_kind(new_stack):
     s = new_stack(REQUEST_TIMEOUT="1", WORKERS="1")
-    [triton] = s.pids("bin/tritonserver ")   # the server, not its model stubs
+    triton = s.triton_pid()
     os.kill(triton, signal.SIGSTOP)   # Triton still there, answering nothing
     try:
         started = time.monotonic()
