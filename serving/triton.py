@@ -218,11 +218,7 @@ class InferCall:
 
     def __call__(self, tensors):
         """{input name: numpy array} -> {output name: numpy array}, in one gRPC call."""
-        parts = [self.prefix]
-        inputs = self.info.inputs
-        for name, arr in tensors.items():
-            raw = codecs.raw_view(arr, inputs[name][0])
-            parts += (self.head(name, arr.shape), _field(7, len(raw)), raw)
+        parts = self.parts(tensors)
         try:
             if self.loader is None:
                 with self.slots:
