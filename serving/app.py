@@ -6,6 +6,7 @@ Hot path: request -> codec -> one Triton gRPC call -> codec -> response. Everyth
 import json
 import logging
 import os
+import time
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
@@ -13,7 +14,8 @@ from werkzeug.exceptions import HTTPException
 from . import binding, codecs, modelarts, openai, openapi, sse, triton, v2
 from .front import Front
 from .metrics import Metrics
-from .errors import BadRequest, ConfigError, ServingError, UnsupportedMediaType
+from .errors import ConfigError, ServingError
+from .predict import Predict, decode, read_body
 from .settings import Settings
 
 log = logging.getLogger("serving.app")
@@ -40,60 +42,6 @@ def check_binding(route, info):
     for f in route.outputs:
         if f.name not in info.outputs:
             raise ConfigError(f"{where}: response property {f.name!r} is not a model output {sorted(info.outputs)}")
-
-
-def decode(route, info):
-    """The request body -> ({input name: tensor}, whether it is a batch), following the route's request schema."""
-    # What request.mimetype gives, without Werkzeug's full option parsing (6% of a worker on small requests).
-    ctype = request.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
-    if ctype != route.content_type:
-        raise UnsupportedMediaType(f"expected Content-Type {route.content_type}, got {ctype or 'no Content-Type'}")
-    tensors, batch = {}, False
-    if ctype == modelarts.MULTIPART:
-        files, form = request.files, request.form
-        for f in route.inputs:
-            datatype, shape = info.inputs[f.name]
-            given = len(files.getlist(f.name)) + len(form.getlist(f.name))
-            if given > 1:   # refuse rather than pick one of them
-                raise BadRequest(f"field {f.name!r} is given {given} times; send it once")
-            if f.type == "file":
-                upload = files.get(f.name)
-                if upload is None:
-                    if not f.required:
-                        continue
-                    got = sorted({k for k in (*files, *form) if isinstance(k, str) and k})   # a nameless part is None
-                    hint = f" (got {', '.join(repr(k)[1:-1][:40] for k in got[:10])}{', ...' if len(got) > 10 else ''})" \
-                        if got else ""
-                    if f.name in form:
-                        raise BadRequest(f"field {f.name!r} must be a file upload, not a text field")
-                    raise BadRequest(f"missing file field {f.name!r}{hint}")
-                tensors[f.name] = codecs.file_tensor(f.name, upload.read(), shape, info.batched)
-            else:
-                if f.name not in form:
-                    if f.required:
-                        raise BadRequest(f"missing form field {f.name!r}")
-                    continue
-                raw = form[f.name]
-                try:
-                    value = raw if datatype == "BYTES" else json.loads(raw)
-                except ValueError:
-                    raise BadRequest(f"form field {f.name!r} must hold {datatype} values") from None
-                tensors[f.name], is_batch = codecs.json_batch(f.name, value, datatype, shape, info.batched,
-                                                              f.encoding == "base64", info.max_batch_size)
-                batch = batch or is_batch
-    else:
-        doc = codecs.parse_json_body(request.get_data(cache=False))
-        request.environ["serving.json"] = doc   # for sse.wants_stream: "stream": true
-        for f in route.inputs:
-            if f.name not in doc:
-                if f.required:
-                    raise BadRequest(f"missing field {f.name!r}")
-                continue
-            datatype, shape = info.inputs[f.name]
-            tensors[f.name], is_batch = codecs.json_batch(f.name, doc[f.name], datatype, shape, info.batched,
-                                                          f.encoding == "base64", info.max_batch_size)
-            batch = batch or is_batch
-    return tensors, batch
 
 
 def create_app(settings=None):
@@ -128,6 +76,7 @@ def create_app(settings=None):
     spec = json.dumps(openapi.document(config, routes, title=f"{config.model_algorithm or 'Inference'} service",
                                        metrics=settings.metrics, streaming=streaming), indent=1).encode()
 
+    predicts = {}   # (method, url) -> predict.Predict, answered by serving/front.py before Flask
     app = Flask("serving")
     # Werkzeug refuses a larger body (413, via http_error below) before reading it.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -143,8 +92,6 @@ def create_app(settings=None):
         return _json({"health": "true"})
 
     def predict_view(route, info):
-        names = [f.name for f in route.outputs]
-        types = {f.name: (f.type, f.depth) for f in route.outputs}
         def on_crash(detail, name=info.name):
             if loader is not None:
                 log.error("model %r crashed: %s; it is unloaded and loaded again on its next request", name, detail)
@@ -153,16 +100,13 @@ def create_app(settings=None):
             log.error("model %r crashed: %s; /health now answers 503 until the container restarts", name, detail)
             readiness.mark_crashed(name, detail)
 
-        call = triton.InferCall(client, info, names, settings.request_timeout_s,   # prebuilt once per route
-                                slots[(info.name, info.version)], on_error, on_crash, loader)
+        call = triton.InferCall(client, info, [f.name for f in route.outputs], settings.request_timeout_s,
+                                slots[(info.name, info.version)], on_error, on_crash, loader)   # prebuilt once
+        handler = predicts[(route.method, route.url)] = Predict(route, info, call, settings.max_body_bytes)
 
-        def predict():
-            tensors, batch = decode(route, info)
-            if not tensors:
-                raise BadRequest("the request carries none of the fields " + ", ".join(f.name for f in route.inputs))
-            outputs = call(tensors)
-            return _json({n: codecs.output_value(outputs[n], types[n][0], info.batched, types[n][1], batch)
-                          for n in names})
+        def predict():   # what serving/front.py does not answer itself: the same handler, through Flask
+            status, headers, body = handler.answer(request.environ)
+            return Response(body, status=int(status[:3]), headers=headers)
 
         return predict
 
@@ -173,17 +117,16 @@ def create_app(settings=None):
     def stream_view(route, info):
         names = [f.name for f in route.outputs]
         types = {f.name: (f.type, f.depth) for f in route.outputs}
-        call = triton.StreamCall(client, info, names, stream_timeout, on_error)
+        call = triton.StreamCall(client, info, names, stream_timeout, on_error, loader)
 
         def encode(outputs, batch):
             return {n: codecs.output_value(outputs[n], types[n][0], info.batched, types[n][1], batch)
                     for n in names if n in outputs}
 
         def predict():
-            tensors, batch = decode(route, info)
-            if not tensors:
-                raise BadRequest("the request carries none of the fields " + ", ".join(f.name for f in route.inputs))
-            asked = sse.wants_stream(request.environ, request.environ.get("serving.json"))
+            tensors, batch, doc = decode(route, info, request.environ,
+                                         read_body(request.environ, settings.max_body_bytes))
+            asked = sse.wants_stream(request.environ, doc)
             responses = call.responses(sse.stream_flag(info, tensors, asked),
                                        settings.stream_heartbeat_s if asked else None, coalesce=True)
             try:   # before the first response, an error is the usual JSON answer with its status
@@ -238,7 +181,7 @@ def create_app(settings=None):
         llms[info.name] = info
         outputs = ["text_output"] + [n for n in ("num_input_tokens", "num_output_tokens") if n in info.outputs]
         models = {name: (triton.StreamCall(client, i, [n for n in outputs if n in i.outputs], stream_timeout,
-                                           on_error),
+                                           on_error, loader),
                          openai.Template(os.path.join(settings.model_repository, name)))
                   for name, i in llms.items()}
         for name, (_, template) in models.items():
@@ -325,6 +268,13 @@ def create_app(settings=None):
         upstream = v2.Upstream("127.0.0.1", settings.triton_http_port, settings.v2_connections,
                                settings.request_timeout_s, settings.max_body_bytes, on_error)
     urls = [config.health_url, "/openapi.json", "/metrics"] + [r.url for r in routes]
-    app.wsgi_app = Front(app.wsgi_app, upstream, metrics, urls)
+    hold = None
+    if loader is not None:
+        def hold(name, timeout=settings.request_timeout_s):
+            if name not in on_file:
+                return None
+            loader.enter(name, time.monotonic() + timeout)
+            return lambda: loader.leave(name)
+    app.wsgi_app = Front(app.wsgi_app, upstream, metrics, urls, predicts, hold)
     app.extensions["serving.upstream"] = upstream
     return app

@@ -21,6 +21,10 @@ class MethodNotAllowed(ServingError):
     status = 405
 
 
+class PayloadTooLarge(ServingError):
+    status = 413
+
+
 class UnsupportedMediaType(ServingError):
     status = 415
 

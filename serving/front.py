@@ -1,53 +1,72 @@
-"""The WSGI entry in front of Flask: the KServe v2 pass-through, /metrics, and the request metrics.
+"""The WSGI entry in front of Flask: the predict routes, the KServe v2 pass-through, /metrics, the request metrics.
 
-Predict routes, /health and /openapi.json go on to Flask. `/v2/...` goes to serving/v2.py without Flask's
-routing and request context, since perf_analyzer measures exactly that path. Every request, whichever way it
-goes, is counted and timed here when metrics are on.
+The hot paths skip Flask's routing and request context: a config.json predict route whose method matches goes
+to its serving/predict.Predict, and `/v2/...` to serving/v2.py (perf_analyzer measures exactly that path).
+/health, /openapi.json, the streaming and OpenAI routes, and every answer Flask's routing gives (404, 405) go on to
+Flask. Every request, whichever way it goes, is counted and timed here when metrics are on.
 """
 import json
 import logging
+import re
 import time
+from urllib.parse import unquote
 
 from . import metrics as metrics_mod
 from . import v2
 from .errors import MethodNotAllowed, ServingError
+from .predict import status_line
 
 log = logging.getLogger("serving.front")
+# The v2 calls that need their model loaded (on-demand loading): infer, and the metadata and config that
+# perf_analyzer and tritonclient read first.
+_LOADS = {"/v2/models/{model}", "/v2/models/{model}/config", "/v2/models/{model}/infer"}
+_V2_MODEL = re.compile(r"/v2/models/([^/]+)")
 JSON = "application/json"
-
-
-_REASONS = {400: "BAD REQUEST", 403: "FORBIDDEN", 404: "NOT FOUND", 405: "METHOD NOT ALLOWED",
-            413: "REQUEST ENTITY TOO LARGE", 500: "INTERNAL SERVER ERROR", 503: "SERVICE UNAVAILABLE",
-            504: "GATEWAY TIMEOUT"}
 
 
 def _error(start_response, exc):
     body = json.dumps({"error": exc.message}).encode()
-    start_response(f"{exc.status} {_REASONS.get(exc.status, '')}".rstrip(),
+    start_response(status_line(exc.status),
                    [("Content-Type", JSON), ("Content-Length", str(len(body)))])
     return [body]
 
 
 class Front:
-    def __init__(self, app, upstream=None, metrics=None, urls=()):
+    def __init__(self, app, upstream=None, metrics=None, urls=(), predicts=None, hold=None):
         self.app = app                # Flask's wsgi_app
+        self.predicts = predicts or {}   # (method, path) -> predict.Predict
+        self.hold = hold   # on-demand loading: hold(model) loads it if need be and returns its release, or None
         self.upstream = upstream      # v2.Upstream, or None when the pass-through is off
         self.metrics = metrics        # metrics.Metrics, or None when /metrics is off
         self.urls = {u: u for u in urls}   # the paths that are their own metric label
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
-        is_v2 = path.startswith("/v2") and (len(path) == 3 or path[3] == "/")
         if self.metrics is None:
-            if is_v2 and self.upstream is not None:
+            handler = self.predicts.get((environ.get("REQUEST_METHOD"), path))
+            if handler is not None:
+                return handler(environ, start_response)
+            if path.startswith("/v2") and (len(path) == 3 or path[3] == "/") and self.upstream is not None:
                 return self.v2(environ, start_response)
             return self.app(environ, start_response)
-        return self.measured(environ, start_response, path, is_v2)
+        return self.measured(environ, start_response, path)
 
-    def measured(self, environ, start_response, path, is_v2):
+    def measured(self, environ, start_response, path):
         m = self.metrics
         started = time.perf_counter()
+        method = environ.get("REQUEST_METHOD", "")
+        handler = self.predicts.get((method, path))
+        if handler is not None:   # the hot path: no closure over start_response
+            m.inflight_now += 1
+            try:
+                status, headers, body = handler.answer(environ)
+            finally:
+                m.inflight_now -= 1
+            start_response(status, headers)
+            m.observe(path, method, status[:3], time.perf_counter() - started)
+            return [body]
         status = "500"
+        is_v2 = path.startswith("/v2") and (len(path) == 3 or path[3] == "/")
 
         def start(line, headers, exc_info=None):
             nonlocal status
@@ -68,7 +87,7 @@ class Front:
                     url = self.urls.get(path, "other")
             finally:
                 m.inflight_now -= 1
-        m.observe(url, environ.get("REQUEST_METHOD", ""), status, time.perf_counter() - started)
+        m.observe(url, method, status, time.perf_counter() - started)
         return body
 
     def scrape(self, environ, start_response):
@@ -85,11 +104,43 @@ class Front:
         if isinstance(found, ServingError):
             return _error(start_response, found)
         environ["serving.v2_endpoint"] = found
+        release = None
         try:
+            if self.hold is not None and found in _LOADS:
+                release = self.hold(unquote(_V2_MODEL.match(path).group(1)))
             status, headers, body = self.upstream.forward(environ, method, path)
         except ServingError as exc:
+            if release is not None:
+                release()
             if exc.status >= 500:
                 log.warning("%s %s -> %d: %s", method, path, exc.status, exc.message)
             return _error(start_response, exc)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
         start_response(status, headers)
-        return body
+        if release is None:
+            return body
+        if isinstance(body, list):   # read whole already
+            release()
+            return body
+        return _Held(body, release)
+
+
+class _Held:
+    """A streamed v2 answer whose model stays held (on-demand loading) until the answer has gone out."""
+
+    def __init__(self, body, release):
+        self.body, self.release = body, release
+
+    def __iter__(self):
+        return iter(self.body)
+
+    def close(self):
+        try:
+            self.body.close()
+        finally:
+            release, self.release = self.release, None
+            if release is not None:
+                release()

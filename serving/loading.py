@@ -2,7 +2,7 @@
 first request, and under a budget (MAX_LOADED_MODELS, MODEL_MEMORY_BUDGET) the least recently used one with
 nothing in flight unloads to make room. MODELS_PINNED load at start-up and never unload.
 
-Routes are bound from each model's config.pbtxt (`read_repository`), so that nothing needs to be loaded to start.
+Routes are bound from each model's config.pbtxt (serving/repository.py), so that nothing needs to be loaded to start.
 
 The gunicorn workers coordinate through lock files in LOADING_DIR (one folder per run, made by run.sh):
 - `repository.lock`: held exclusively by the one worker that changes what Triton has loaded (a load or an unload),
@@ -22,10 +22,9 @@ import os
 import time
 
 import gevent
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2, service_pb2
+from tritonclient.grpc import service_pb2
 
-from .errors import ConfigError, DeadlineExceeded, Unavailable
+from .errors import DeadlineExceeded, Unavailable
 from .grpc_wire import DEADLINE_EXCEEDED, RpcError
 
 log = logging.getLogger("serving.loading")
@@ -35,43 +34,6 @@ LOAD_RETRY_S = 10.0
 TOUCH_S = 0.5
 UNLOAD_WAIT_S = 60.0
 HELD = ("READY", "LOADING", "UNLOADING")   # states that hold the model's memory
-
-
-def _datatype(data_type):
-    name = model_config_pb2.DataType.Name(data_type).removeprefix("TYPE_")
-    return "BYTES" if name == "STRING" else name
-
-
-def read_repository(path):
-    """{name: ModelInfo} of every model folder in the repository, read from its config.pbtxt: what binding and
-    decoding need, with nothing loaded."""
-    from .triton import ModelInfo
-    try:
-        folders = sorted(d for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, "config.pbtxt")))
-    except OSError as exc:
-        raise ConfigError(f"MODEL_LOADING=on-demand: cannot read the model repository {path}: {exc}") from None
-    models = {}
-    for folder in folders:
-        config = model_config_pb2.ModelConfig()
-        where = os.path.join(path, folder, "config.pbtxt")
-        try:
-            with open(where) as f:
-                text_format.Parse(f.read(), config)
-        except (OSError, text_format.ParseError) as exc:
-            raise ConfigError(f"MODEL_LOADING=on-demand: {where} cannot be read: {exc}") from None
-        name = config.name or folder
-        if not config.input or not config.output:
-            raise ConfigError(f"MODEL_LOADING=on-demand: {where} declares no inputs or no outputs; on-demand "
-                              "loading binds routes from config.pbtxt before the model is loaded, so declare them")
-        batch = [-1] if config.max_batch_size > 0 else []
-
-        def tensors(items):
-            return {t.name: (_datatype(t.data_type), batch + [int(d) for d in t.dims]) for t in items}
-
-        models[name] = ModelInfo(name=name, version="", inputs=tensors(config.input), outputs=tensors(config.output),
-                                 batched=config.max_batch_size > 0, max_batch_size=config.max_batch_size,
-                                 decoupled=config.model_transaction_policy.decoupled)
-    return models
 
 
 class _Users:

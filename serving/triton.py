@@ -12,7 +12,6 @@ config.json binds are ready.
 import os
 import sys
 import time
-from dataclasses import dataclass
 
 from gevent.lock import Semaphore
 from tritonclient.grpc import service_pb2
@@ -20,6 +19,7 @@ from tritonclient.grpc import service_pb2
 from . import codecs, grpc_wire
 from .errors import BadRequest, DeadlineExceeded, ServingError, Unavailable
 from .grpc_wire import RpcError
+from .repository import ModelInfo, read_repository
 
 SERVICE = "/inference.GRPCInferenceService/"
 
@@ -77,17 +77,6 @@ def client(url):
     return _client if _client is not None else connect(url)
 
 
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    version: str
-    inputs: dict        # name -> (datatype, shape); shape has -1 for the batch dimension when batched
-    outputs: dict       # name -> (datatype, shape)
-    batched: bool       # max_batch_size > 0
-    max_batch_size: int = 0
-    decoupled: bool = False   # a decoupled model: any number of responses per request (ModelStreamInfer)
-
-
 def model_info(c, name, version="", timeout=10.0):
     try:
         meta = c.call("ModelMetadata", service_pb2.ModelMetadataRequest(name=name, version=version), timeout)
@@ -131,8 +120,7 @@ def loaded_models(settings):
     """On-demand loading: the models' info from the repository's config.pbtxt files; else None (ask Triton)."""
     if settings.model_loading != "on-demand":
         return None
-    from . import loading
-    return loading.read_repository(settings.model_repository)
+    return read_repository(settings.model_repository)
 
 
 # gRPC status -> the HTTP error the caller sees.
@@ -250,8 +238,8 @@ class StreamCall(InferCall):
     The request asks for an explicit final response (`triton_enable_empty_final_response`), and is half-closed, so
     Triton ends the stream once the final response is out."""
 
-    def __init__(self, client, info, output_names, timeout, on_error=None):
-        super().__init__(client, info, output_names, timeout, None, on_error)
+    def __init__(self, client, info, output_names, timeout, on_error=None, loader=None):
+        super().__init__(client, info, output_names, timeout, None, on_error, loader=loader)
         self.client = client
         request = service_pb2.ModelInferRequest(
             model_name=info.name, model_version=info.version,
@@ -263,9 +251,22 @@ class StreamCall(InferCall):
         """Yields {output name: array} per response (with `coalesce`, a list of them: every response that has
         arrived by then), and None after each `idle` seconds without one; ends after the final response. Raises
         ServingError (a deadline, Triton's error for the request). Closing it (a client that hung up) cancels the
-        request in Triton."""
+        request in Triton. With on-demand loading the model is loaded first (within the deadline) and held until
+        the stream ends: nothing unloads it under an open stream."""
+        timeout = self.timeout
+        if self.loader is not None:
+            deadline = time.monotonic() + timeout
+            self.loader.enter(self.info.name, deadline)
+            timeout = max(0.001, deadline - time.monotonic())
         try:
-            stream = self.client.stream("ModelStreamInfer", self.parts(tensors), self.timeout)
+            yield from self._responses(tensors, idle, coalesce, timeout)
+        finally:
+            if self.loader is not None:
+                self.loader.leave(self.info.name)
+
+    def _responses(self, tensors, idle, coalesce, timeout):
+        try:
+            stream = self.client.stream("ModelStreamInfer", self.parts(tensors), timeout)
         except RpcError as exc:
             self.on_error(_KIND.get(exc.code) or exc.name.lower())
             raise translate(exc, self.timeout) from None
