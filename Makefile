@@ -45,8 +45,9 @@ container-tools:
 # One set of variables for make config, make serve and make rehearse:
 #   MODEL_REPOSITORY=dir   a model repository of one's own (default: the shipped model_repository/)
 #   CONFIG=path            its config.json (default: dir/config.json for one's own repository, as a ModelArts
-#                          model package carries it; config.json here for the shipped one)
-CONFIG ?= $(if $(MODEL_REPOSITORY),$(MODEL_REPOSITORY)/config.json,config.json)
+#                          model package carries it; config.json here for the shipped one, however it is named)
+SHIPPED_REPOSITORY := $(abspath model_repository)
+CONFIG ?= $(if $(and $(MODEL_REPOSITORY),$(filter-out $(SHIPPED_REPOSITORY),$(abspath $(MODEL_REPOSITORY)))),$(MODEL_REPOSITORY)/config.json,config.json)
 SERVE_ENV = $(if $(MODEL_REPOSITORY),MODEL_REPOSITORY=$(abspath $(MODEL_REPOSITORY))) MODELARTS_CONFIG=$(abspath $(CONFIG))
 
 serve: install
@@ -56,8 +57,10 @@ test: install container-tools bench-tools
 	$(STACK_ENV) $(PY) -m pytest -v $(or $(PYTEST_ARGS),tests)
 
 # config.json from the model repository (README: "make config"), written where make serve will read it.
+# PROTOCOL=https: every api says https, and the service answers HTTPS on its port (README: "HTTPS").
 config: install
-	$(PY) -m serving.generate $(or $(MODEL_REPOSITORY),model_repository) > $(CONFIG).tmp && mv $(CONFIG).tmp $(CONFIG)
+	$(PY) -m serving.generate $(or $(MODEL_REPOSITORY),model_repository) --protocol $(or $(PROTOCOL),http) \
+	  > $(CONFIG).tmp && mv $(CONFIG).tmp $(CONFIG)
 
 # Run a service the way ModelArts will and say what would fail there (README: "make rehearse"): CONFIG,
 # MODEL_REPOSITORY, IMAGE=name[:tag], SAMPLES="field=path ...", REHEARSE_GRACE (s, default the platform's 60).

@@ -47,7 +47,9 @@ gunicorn_limit=$(( GRACEFUL_TIMEOUT + 15 ))
 triton_limit=45
 nap_pid=
 stopping=
-trap 'stopping=1' TERM INT
+interrupted=
+trap 'stopping=1' TERM
+trap 'stopping=1; interrupted=1' INT
 
 # Sleep in the background so that a signal interrupts the wait at once.
 nap() { sleep "$1" & nap_pid=$!; wait "$nap_pid" || true; }
@@ -77,6 +79,14 @@ stop() {
 died() {
     rc=0
     wait "$2" || rc=$?
+    if [ -n "$interrupted" ]; then   # Ctrl-C reached every process of the terminal: a stop asked for, not a fault
+        log "interrupted (Ctrl-C): $1 stopped (exit $rc); stopping the rest"
+        stop gunicorn "$gunicorn_pid" "$gunicorn_limit"
+        stop Triton "$triton_pid" "$triton_limit"
+        rm -f "$DRAIN_FILE"
+        log "shutdown complete"
+        exit 0
+    fi
     log "$1 exited on its own (exit $rc); stopping"
     stop gunicorn "$gunicorn_pid" "$gunicorn_limit"
     stop Triton "$triton_pid" "$triton_limit"
@@ -94,6 +104,7 @@ shutdown() {
     # Whole seconds counted, not `date +%s` compared: that made the grace period up to a second short.
     # sleep runs in the foreground, so a second signal does not cut the grace period short either.
     waited=0
+    [ -z "$interrupted" ] || waited=$GRACE_PERIOD   # Ctrl-C: no grace period, the terminal's user is here
     while [ "$waited" -lt "$GRACE_PERIOD" ]; do
         check_children
         sleep 1
@@ -117,6 +128,17 @@ trap 'rm -rf "$PROMETHEUS_MULTIPROC_DIR" "$run_dir"' EXIT
 if ! why=$("$PROXY_PYTHON" -m serving.modelarts "$MODELARTS_CONFIG" 2>&1); then
     log "$why"
     exit 1
+fi
+# HTTPS when its apis say https (serving/tls.py): TLS_CERT and TLS_KEY checked, or a self-signed pair made.
+if ! tls=$("$PROXY_PYTHON" -m serving.tls "$MODELARTS_CONFIG" "$run_dir/tls" 2>&1); then
+    log "$tls"
+    exit 1
+fi
+if [ -n "$tls" ]; then
+    log "$(echo "$tls" | sed -n 1p)"
+    SERVING_TLS_CERTFILE=$(echo "$tls" | sed -n 2p)
+    SERVING_TLS_KEYFILE=$(echo "$tls" | sed -n 3p)
+    export SERVING_TLS_CERTFILE SERVING_TLS_KEYFILE
 fi
 model_bin=$(dirname "$(command -v "$MODEL_PYTHON")")
 log "starting Triton: repository $MODEL_REPOSITORY, config $MODELARTS_CONFIG, models' python $model_bin/python3"

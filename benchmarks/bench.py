@@ -381,15 +381,17 @@ def measure_ab(args, workdir, a, b, rounds=3, concurrency=16):
 PEERS = HERE / "peers"
 
 
-def start_peer(kind, port, grpc_url, workdir):
-    """One peer server, one process (or one gunicorn worker): a Popen in its own session."""
+def start_peer(kind, port, grpc_url, workdir, workers=1):
+    """One peer server with `workers` processes (uvicorn's or gunicorn's): a Popen in its own session."""
     env = dict(os.environ, TRITON_GRPC=grpc_url)
     bindir = os.path.dirname(sys.executable)
     if kind == "fastapi":
         cmd = [f"{bindir}/uvicorn", "fastapi_peer:app", "--app-dir", str(PEERS), "--host", "127.0.0.1", "--port",
                str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+        if workers > 1:
+            cmd += ["--workers", str(workers)]
     else:
-        cmd = [f"{bindir}/gunicorn", "-w", "1", "-k", "gevent", "-b", f"127.0.0.1:{port}", "--chdir", str(PEERS),
+        cmd = [f"{bindir}/gunicorn", "-w", str(workers), "-k", "gevent", "-b", f"127.0.0.1:{port}", "--chdir", str(PEERS),
                "--keep-alive", "200", "--log-level", "warning", f"{kind}:app"]
         if kind == "handrolled":
             cmd[1:1] = ["-c", str(PEERS / "handrolled.py")]
@@ -422,28 +424,31 @@ def session_pids(proc):
     return found
 
 
-def measure_peers(args, workdir):
-    """identity at several concurrencies and resnet at c=4, per worker: direct Triton, the proxy (WORKERS=1), the
-    FastAPI peer, the hand-rolled image and the floor, the same wrk on every side, alternating order per point."""
+def measure_peers(args, workdir, workers=1, plan=None):
+    """Per worker (workers=1): identity at several concurrencies and resnet at c=4: direct Triton, the proxy
+    (WORKERS=1), the FastAPI peer, the hand-rolled image and the floor, the same wrk on every side, alternating order
+    per point. Per container (workers=cores, `plan` given): each server with that many processes, CPU of all of
+    them."""
     config = json.loads(pathlib.Path(args.config).read_text())
     config["apis"] = [api for api in config["apis"] if api["url"] in ("/identity", "/resnet")]
-    d = workdir / "peers"
+    d = workdir / f"peers-{workers}"
     d.mkdir()
     (d / "config.json").write_text(json.dumps(config))
     stack = Stack(d, MODEL_REPOSITORY=build_repository(d, ["identity", "resnet_bench"]), MODELARTS_CONFIG=d / "config.json",
-                  ACCESS_LOG="false", GRACE_PERIOD="0", WORKERS="1").start()
+                  ACCESS_LOG="false", GRACE_PERIOD="0", WORKERS=str(workers)).start()
     grpc_url = f"127.0.0.1:{stack.env['TRITON_GRPC_PORT']}"
     procs, rows = {}, []
+    if plan is None:
+        plan = [("identity", c, ["direct", "proxy", "fastapi", "handrolled", "floor"]) for c in args.peer_concurrency]
+        plan.append(("resnet", 4, ["direct", "proxy", "fastapi", "floor"]))
     try:
         urls = {"proxy": stack.url}
-        for kind in ("fastapi", "handrolled", "floor"):
+        for kind in sorted({side for _, _, sides in plan for side in sides} - {"direct", "proxy"}):
             port = free_port()
-            procs[kind] = start_peer(kind, port, grpc_url, workdir)
+            procs[kind] = start_peer(kind, port, grpc_url, workdir, workers)
             urls[kind] = f"http://127.0.0.1:{port}"
         direct = f"http://127.0.0.1:{stack.env['TRITON_HTTP_PORT']}"
         pids = {"proxy": stack.pids("gunicorn"), **{k: session_pids(p) for k, p in procs.items()}}
-        plan = [("identity", c, ["direct", "proxy", "fastapi", "handrolled", "floor"]) for c in args.peer_concurrency]
-        plan.append(("resnet", 4, ["direct", "proxy", "fastapi", "floor"]))
         for i, (name, c, sides) in enumerate(plan):
             point = {"workload": name, "concurrency": c}
             for side in (sides if i % 2 == 0 else sides[::-1]):
@@ -454,6 +459,8 @@ def measure_peers(args, workdir):
                                 what.content_type, expect=what.expect, prefix=b'{"OUTPUT0":' if what.prefix else None)
                 answer = first_answer(what)
                 wrk(what, answer, 4, 1, workdir)   # warm-up
+                if side in procs:   # uvicorn's workers start after its port listens: count them all
+                    pids[side] = session_pids(procs[side])
                 cpu0 = proc_cpu(pids.get(side, []))
                 n, rps, p50, p99 = wrk(what, answer, c, args.seconds, workdir)
                 point[side] = {"requests": n, "rps": rps, "p50_ms": p50, "p99_ms": p99}
@@ -461,7 +468,7 @@ def measure_peers(args, workdir):
                     point[side]["cpu_ms_per_request"] = (proc_cpu(pids[side]) - cpu0) / n * 1000
                     point[side]["rss_mb"] = max(rss_mb(p) for p in pids[side])
             rows.append(point)
-            print(f"peers {name:8} c={c:<3} " + " | ".join(
+            print(f"{'peers' if workers == 1 else 'container'} {name:8} c={c:<3} " + " | ".join(
                 f"{side} {point[side]['rps']:6.0f} req/s p50 {point[side]['p50_ms']:6.2f} p99 {point[side]['p99_ms']:6.1f}"
                 + (f" cpu {point[side]['cpu_ms_per_request']:.3f}" if side != "direct" else "")
                 for side in sides), flush=True)
@@ -543,6 +550,34 @@ def peers_report(peers):
             lines.append(f"- {name} c={r['concurrency']}: " + ", ".join(ratios))
         lines.append("")
     return lines
+
+
+def containers_report(points, workers):
+    """The per-container section: every server with `workers` processes, CPU of all of them."""
+    if not points:
+        return []
+    lines = ["", f"## Per container: {workers} workers each (WORKERS={workers}, the product's default here)", "",
+             f"What a user sizing a ModelArts flavour compares: the product with WORKERS={workers}, the FastAPI peer "
+             f"with {workers} uvicorn workers, the hand-rolled image with {workers} gunicorn gevent workers; the same "
+             "Triton and wrk, every answer checked. CPU is all of each server's processes (the product's gunicorn "
+             "master and workers; Triton, shared by all, is not counted).", "",
+             "| server | " + " | ".join(f"c={r['concurrency']} req/s | p50 ms | p99 ms | CPU ms/req" for r in points)
+             + " |", "| --- |" + " --- | --- | --- | --- |" * len(points)]
+    for side in [s for s in SERVERS if s in points[0]]:
+        cells = []
+        for r in points:
+            v = r[side]
+            cpu = f"{v['cpu_ms_per_request']:.3f}" if "cpu_ms_per_request" in v else "-"
+            cells.append(f"{v['rps']:.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.1f} | {cpu}")
+        label = SERVERS[side].replace("(`WORKERS=1`)", f"(`WORKERS={workers}`)")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for r in points:
+        lines.append(f"- {r['workload']} c={r['concurrency']}: req/s proxy/FastAPI "
+                     f"**{r['proxy']['rps'] / r['fastapi']['rps']:.2f}**, proxy/hand-rolled "
+                     f"**{r['proxy']['rps'] / r['handrolled']['rps']:.2f}**; CPU/request proxy/FastAPI "
+                     f"{r['proxy']['cpu_ms_per_request'] / r['fastapi']['cpu_ms_per_request']:.2f}")
+    return lines + [""]
 
 
 def report(args, rows, health, isolation=None, v2=(), peers=()):
@@ -675,6 +710,9 @@ def main():
     parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
                         help="per worker, beside the floor, the FastAPI peer and the hand-rolled image")
     parser.add_argument("--peer-concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--containers", action=argparse.BooleanOptionalAction, default=True,
+                        help="per container: every server with as many workers as cores")
+    parser.add_argument("--container-concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--name", default="bench", help="results/<name>.{json,md,png}")
     parser.add_argument("--out", help="where results go (default: benchmarks/results; build/bench-smoke for --smoke)")
     parser.add_argument("--smoke", action="store_true", help="2 s per point at c=1 and 4, no perf_analyzer")
@@ -688,6 +726,7 @@ def main():
     if args.smoke:
         args.concurrency, args.seconds, args.perf_analyzer = [1, 4], 2, False   # embeddings: c=4 only
         args.peer_concurrency = [4]
+        args.container_concurrency = [4]
     args.out = args.out or str(results_dir(args.smoke))
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: run `make bench`, which installs it")
@@ -698,8 +737,15 @@ def main():
         return
     workdir = pathlib.Path(tempfile.mkdtemp())
     peers = measure_peers(args, workdir) if args.peers and "identity" in args.workloads else []
+    cores = args.workers or available_cpus()
+    containers = (measure_peers(args, workdir, cores, [("identity", c, ["direct", "proxy", "fastapi", "handrolled"])
+                                                       for c in args.container_concurrency])
+                  if args.containers and "identity" in args.workloads else [])
     rows, health, isolation, v2 = run(args, workdir)
     text, doc = report(args, rows, health, isolation, v2, peers)
+    if containers:
+        text += "\n".join(containers_report(containers, cores))
+        doc["containers"] = {"workers": cores, "points": containers}
     if args.on_demand:
         import on_demand
         section, doc["on_demand"] = on_demand.measure(workdir, 2 if args.smoke else args.on_demand_seconds)

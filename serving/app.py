@@ -66,7 +66,7 @@ def create_app(settings=None):
         memory = (Memory(settings.model_memory_budget, settings.model_repository, settings.triton_metrics_url,
                          settings.loading_dir) if settings.model_memory_budget else None)
         loader = Loader(client, settings.loading_dir, settings.models_pinned, settings.max_loaded_models, metrics,
-                        settings.health_timeout_s, memory)
+                        settings.health_timeout_s, memory, settings.model_min_residency_s)
     if metrics is not None:
         from gevent import monkey
         if monkey.is_module_patched("socket"):   # a gunicorn worker; elsewhere (tests) each scrape flushes
@@ -268,13 +268,12 @@ def create_app(settings=None):
         upstream = v2.Upstream("127.0.0.1", settings.triton_http_port, settings.v2_connections,
                                settings.request_timeout_s, settings.max_body_bytes, on_error)
     urls = [config.health_url, "/openapi.json", "/metrics"] + [r.url for r in routes]
-    hold = None
-    if loader is not None:
-        def hold(name, timeout=settings.request_timeout_s):
-            if name not in on_file:
-                return None
-            loader.enter(name, time.monotonic() + timeout)
-            return lambda: loader.leave(name)
-    app.wsgi_app = Front(app.wsgi_app, upstream, metrics, urls, predicts, hold)
+    def hold(name, timeout=settings.request_timeout_s):   # a v2 call's model, loaded and held (on-demand loading)
+        if name not in on_file:
+            return None
+        loader.enter(name, time.monotonic() + timeout)
+        return lambda: loader.leave(name)
+
+    app.wsgi_app = Front(app.wsgi_app, upstream, metrics, urls, predicts, hold if loader is not None else None)
     app.extensions["serving.upstream"] = upstream
     return app

@@ -128,7 +128,7 @@ def openai_apis():
             one("/v1/completions", {"prompt": {"type": "string"}})]
 
 
-def generate(repository, algorithm="predict_analysis"):
+def generate(repository, algorithm="predict_analysis", protocol="http"):
     models = sorted(os.path.join(repository, d) for d in os.listdir(repository)
                     if os.path.isfile(os.path.join(repository, d, "config.pbtxt")))
     if not models:
@@ -144,6 +144,8 @@ def generate(repository, algorithm="predict_analysis"):
     if taken:
         raise SystemExit(f"{taken}: the proxy serves /metrics, /openapi.json and /v2/... itself; set modelarts_url "
                          "in the model's config.pbtxt to another URL")
+    for a in apis:   # one protocol for the container's port (serving/tls.py); the health block stays HTTP
+        a["protocol"] = protocol
     return {"model_algorithm": algorithm, "model_type": "Image", "apis": apis, "health": HEALTH}
 
 
@@ -151,8 +153,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repository", nargs="?", default="model_repository")
     parser.add_argument("--algorithm", default="predict_analysis", help="config.json's model_algorithm")
+    parser.add_argument("--protocol", choices=("http", "https"), default="http",
+                        help="every api's protocol: the container's port speaks it (https: serving/tls.py)")
     args = parser.parse_args()
-    json.dump(generate(args.repository, args.algorithm), sys.stdout, indent=2, ensure_ascii=False)
+    json.dump(generate(args.repository, args.algorithm, args.protocol), sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
 
 

@@ -1,4 +1,5 @@
 """gunicorn settings for the proxy: config as code. Values come from serving.settings (the environment)."""
+import os
 import resource
 import sys
 
@@ -21,6 +22,15 @@ errorlog = "-"
 capture_output = True
 control_socket_disable = True                  # nothing here uses gunicornc; no socket under $HOME
 logconfig_dict = logs.logconfig()              # every log line goes to stdout, as ModelArts collects it
+
+# HTTPS when config.json's apis say https: run.sh has checked (or made) the pair with serving/tls.py.
+if os.environ.get("SERVING_TLS_CERTFILE"):
+    certfile = os.environ["SERVING_TLS_CERTFILE"]
+    keyfile = os.environ["SERVING_TLS_KEYFILE"]
+
+    def ssl_context(conf, default_ssl_context_factory):
+        from serving import tls
+        return tls.server_context(conf.certfile, conf.keyfile)   # TLS 1.2 or later, AEAD ciphers only
 
 
 # Each connection is a file descriptor: lift the soft limit to the hard one (containers often start at 1024),

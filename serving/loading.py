@@ -1,20 +1,36 @@
 """On-demand model loading (MODEL_LOADING=on-demand): Triton runs with explicit model control, a model loads on its
-first request, and under a budget (MAX_LOADED_MODELS, MODEL_MEMORY_BUDGET) the least recently used one with
-nothing in flight unloads to make room. MODELS_PINNED load at start-up and never unload.
+first request, and under a budget (MAX_LOADED_MODELS, MODEL_MEMORY_BUDGET) loaded models make room in turn.
+MODELS_PINNED load at start-up and never unload.
 
 Routes are bound from each model's config.pbtxt (serving/repository.py), so that nothing needs to be loaded to start.
 
-The gunicorn workers coordinate through lock files in LOADING_DIR (one folder per run, made by run.sh):
+Scheduling, when a working set is larger than the budget (README: "Many models"):
+- **waiters in turn**: a model that needs room joins a queue, in the order its first request arrived, shared by the
+  workers; only the model at its head may make room and load;
+- **the victim drains**: to make room, the least recently used unpinned model is marked draining. New requests
+  for it wait like those of any model that is not loaded (it joins the queue's tail); its requests in flight
+  finish; then it is unloaded and the head loads. Nothing is unloaded under a request;
+- **a residency quantum**: a model loaded less than MODEL_MIN_RESIDENCY seconds ago is not chosen, so a tight
+  budget takes turns instead of loading once per request;
+- **bounded waits**: a request's wait counts against its deadline; one whose turn does not come in time gets 503
+  with Retry-After.
+
+The gunicorn workers coordinate through files in LOADING_DIR (one folder per run, made by run.sh):
 - `repository.lock`: held exclusively by the one worker that changes what Triton has loaded (a load or an unload),
   so two loads of one model are never sent (Triton would reload a loaded model) and the budget is counted once
   (flock is per open file, so within a worker a gevent semaphore does the same for its greenlets);
 - `<model>.lock`: held shared by every worker with a request in flight for the model. Unloading needs it
   exclusively, so a model is never unloaded under a request. Its mtime is the model's last use: the LRU order;
+- `<model>.draining`: the model is a victim: no new request enters it;
+- `<model>.loaded`: its mtime is when the model was last loaded (the residency quantum);
+- `queue/<arrival ns>-<worker pid>-<model>`: a request waiting for its model's turn (one per model per worker: the
+  worker's first waiter), made before it waits for anything and removed when its wait ends; the entries of a
+  worker that died are dropped;
 - `<model>.failed` holds Triton's reason for a failed load, answered for LOAD_RETRY_S before a new try;
 - `<model>.crashed`: the model's process died; the next request has Triton load it again (a reload: a new
   process replaces the dead one).
 Locks are tried without blocking and retried every POLL_S on gevent's clock, so a waiting greenlet never stalls
-its worker. Every wait counts against the request's deadline.
+its worker.
 """
 import fcntl
 import logging
@@ -33,6 +49,7 @@ POLL_S = 0.02
 LOAD_RETRY_S = 10.0
 TOUCH_S = 0.5
 UNLOAD_WAIT_S = 60.0
+WAIT_POLL_S = 0.05   # a model waiting for its turn looks again this often
 HELD = ("READY", "LOADING", "UNLOADING")   # states that hold the model's memory
 
 
@@ -128,11 +145,49 @@ class Memory:
         return size
 
 
+def choose_victim(candidates, last_used, loaded_at, now, min_residency):
+    """The policy: the least recently used of `candidates` loaded at least `min_residency` seconds ago, or None.
+    `last_used` and `loaded_at` map a model to a time on the clock of `now`."""
+    ready = [m for m in candidates if now - loaded_at.get(m, float("-inf")) >= min_residency]
+    return min(ready, key=lambda m: (last_used.get(m, 0.0), m)) if ready else None
+
+
+def queue_head(entries, states):
+    """The policy's queue: `entries` [(arrival, model)] of the requests waiting, `states` {model: (Triton's state,
+    draining)}. The head is the model of the earliest request whose model still needs its turn: not already READY
+    (and not draining), not being loaded. None when no model waits."""
+    for _, model in sorted(entries):
+        state, draining = states.get(model, ("", False))
+        if (state == "READY" and not draining) or state == "LOADING":
+            continue
+        return model
+    return None
+
+
+def _entry(name):
+    """A queue file's name "<arrival ns>-<worker pid>-<model>" -> (arrival, pid, model)."""
+    arrived, _, rest = name.partition("-")
+    pid, _, model = rest.partition("-")
+    return int(arrived), int(pid), model
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 class Loader:
-    def __init__(self, client, lock_dir, pinned=(), max_loaded=0, metrics=None, timeout=10.0, memory=None):
+    def __init__(self, client, lock_dir, pinned=(), max_loaded=0, metrics=None, timeout=10.0, memory=None,
+                 min_residency=1.0):
         self.client, self.dir, self.pinned, self.max_loaded = client, lock_dir, set(pinned), max_loaded
-        self.metrics, self.timeout, self.memory = metrics, timeout, memory
-        os.makedirs(lock_dir, exist_ok=True)
+        self.metrics, self.timeout, self.memory, self.min_residency = metrics, timeout, memory, min_residency
+        self.queue = os.path.join(lock_dir, "queue")
+        os.makedirs(self.queue, exist_ok=True)
         self.users = {}        # model -> _Users (fds used for the shared in-flight locks)
         self.evict_fds = {}    # model -> fd used to test and hold a victim's lock (a separate open file)
         self.touched = {}
@@ -141,14 +196,17 @@ class Loader:
         # makes the hold exclusive (the file lock makes it so across workers).
         from gevent.lock import Semaphore
         self.repo_guard = Semaphore()
-        # Every unload (and reload) moves this file's mtime: a worker that saw a model READY at the current
-        # generation knows it still is, without asking Triton (its shared hold keeps it from being unloaded).
+        # Every unload (and reload, and drain mark) moves this file's mtime: a worker that saw a model READY at the
+        # current generation knows it still is, without asking Triton (its shared hold keeps it from being unloaded).
         self.generation = os.path.join(lock_dir, "generation")
         if not os.path.exists(self.generation):
             open(self.generation, "a").close()
 
     def _open(self, name):
         return os.open(os.path.join(self.dir, name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+
+    def _mark(self, name, kind):
+        return os.path.join(self.dir, f"{name}.{kind}")
 
     @staticmethod
     def _lock(fd, mode, deadline):
@@ -165,34 +223,53 @@ class Loader:
     # The request's side
 
     def enter(self, name, deadline):
-        """Before a request's call to `name`: the model is loaded and cannot be unloaded until leave(name)."""
+        """Before a request's call to `name`: the model is loaded and cannot be unloaded until leave(name).
+
+        Waiting (for a drain, for its turn, for its load) happens without holding the model: a waiter that held it
+        would keep its own victim from draining."""
         users = self.users.get(name)
         if users is None:
             users = self.users[name] = _Users(self._open(name))
-        if users.count == 0 and not self._lock(users.fd, fcntl.LOCK_SH, deadline):
-            raise DeadlineExceeded(f"model {name!r} was being unloaded for longer than the request's deadline")
-        users.count += 1
-        try:
-            if not users.ready:
-                generation = os.stat(self.generation).st_mtime_ns
-                if users.seen == generation and not os.path.exists(os.path.join(self.dir, name + ".crashed")):
-                    users.ready = True   # READY when last seen, and nothing has been unloaded since
-                else:
-                    if not users.guard.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                        raise DeadlineExceeded(f"model {name!r} did not load within the request's deadline")
-                    try:
-                        if not users.ready:
-                            self._ensure(name, deadline)
-                            users.ready, users.seen = True, generation
-                    finally:
-                        users.guard.release()
-        except BaseException:
+        draining, crashed = self._mark(name, "draining"), self._mark(name, "crashed")
+        arrived = time.time_ns()   # its place in the queue, should it have to wait
+        while True:
+            if os.path.exists(draining):
+                self._wait_turn(users, name, deadline, arrived)   # a victim: it loads again in its turn
+                continue
+            if users.count == 0 and not self._lock(users.fd, fcntl.LOCK_SH, deadline):
+                raise DeadlineExceeded(f"model {name!r} was being unloaded for longer than the request's deadline")
+            users.count += 1
+            if os.path.exists(draining):   # marked meanwhile: the mark wins
+                self.leave(name)
+                continue
+            if users.ready:   # held by this worker since it was seen READY: nothing can have unloaded it
+                break
+            generation = os.stat(self.generation).st_mtime_ns
+            try:
+                ready = (users.seen == generation or self._ready(name, self._remaining(deadline))) \
+                    and not os.path.exists(crashed)
+            except RpcError as exc:
+                self.leave(name)
+                raise Unavailable(f"inference server is not reachable: {exc.details or exc.name}") from None
+            if ready:   # held now, so it stays READY until leave()
+                users.ready, users.seen = True, generation
+                break
             self.leave(name)
-            raise
+            self._wait_turn(users, name, deadline, arrived)
         now = time.monotonic()
         if now - self.touched.get(name, 0.0) >= TOUCH_S:   # the LRU order, shared through the file's mtime
             self.touched[name] = now
             os.utime(users.fd)
+
+    def _wait_turn(self, users, name, deadline, arrived):
+        """Wait, holding nothing of the model, until it is READY and not draining (_ensure); one greenlet of this
+        worker per model asks, the others wait for it."""
+        if not users.guard.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise self._late(name, deadline)
+        try:
+            self._ensure(name, deadline, arrived)
+        finally:
+            users.guard.release()
 
     def leave(self, name):
         users = self.users[name]
@@ -203,7 +280,7 @@ class Loader:
 
     def crashed(self, name, detail):
         """The model's process died (Triton keeps it READY but fails every request): reload it on the next one."""
-        with open(os.path.join(self.dir, name + ".crashed"), "w") as f:
+        with open(self._mark(name, "crashed"), "w") as f:
             f.write(detail + "\n")
         users = self.users.get(name)
         if users is not None:
@@ -211,6 +288,11 @@ class Loader:
 
     def _next_generation(self):
         os.utime(self.generation, ns=(time.time_ns(), time.time_ns()))
+
+    def _late(self, name, deadline, started=None):
+        waited = f" after waiting {time.monotonic() - started:.1f} s" if started is not None else ""
+        return Unavailable(f"model {name!r} did not get its turn to load within the request's deadline{waited} "
+                           f"({self.budget_text() or 'the models are loading'}): try again", retry_after=1)
 
     # Loading, under repository.lock
 
@@ -225,56 +307,103 @@ class Loader:
     def _remaining(self, deadline):
         return max(0.001, deadline - time.monotonic())
 
-    def _ensure(self, name, deadline):
-        crash_mark = os.path.join(self.dir, name + ".crashed")
+    def _ensure(self, name, deadline, arrived):
+        """Return once `name` is READY and not draining: loaded now in its turn, if need be, within the deadline.
+        `arrived` (time.time_ns() of the request) is its place in the queue."""
+        crash_mark, draining = self._mark(name, "crashed"), self._mark(name, "draining")
         try:
-            if not os.path.exists(crash_mark) and self._ready(name, self._remaining(deadline)):
+            if (not os.path.exists(crash_mark) and not os.path.exists(draining)
+                    and self._ready(name, self._remaining(deadline))):
                 return
         except RpcError as exc:
             raise Unavailable(f"inference server is not reachable: {exc.details or exc.name}") from None
-        failed = os.path.join(self.dir, name + ".failed")
+        failed = self._mark(name, "failed")
         try:
             if time.time() - os.path.getmtime(failed) < LOAD_RETRY_S:
                 with open(failed) as f:
                     raise Unavailable(f"model {name!r} failed to load: {f.read().strip()}")
         except FileNotFoundError:
             pass
-        no_room = False
-        while True:
-            if not self.repo_guard.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                break
-            if not self._lock(self.repo_fd, fcntl.LOCK_EX, deadline):
-                self.repo_guard.release()
-                break
-            try:
-                states = self._index(self._remaining(deadline))
-                state = states.get(name, ("", ""))[0]
-                if os.path.exists(crash_mark) and state == "READY":
-                    # Triton 2.51 keeps a model whose process died READY, and unloading it waits about 60 s on the
-                    # dead process. A load of a loaded model reloads it: a new process replaces the dead one.
-                    self._load(name, deadline, reload=True)
-                    os.unlink(crash_mark)
+        started = time.monotonic()
+        entry = os.path.join(self.queue, f"{arrived}-{os.getpid()}-{name}")
+        open(entry, "a").close()   # in the queue from now on, without waiting for repository.lock
+        self._waiting(1)
+        try:
+            while True:
+                if self._try_turn(name, deadline):
                     return
-                if state == "READY":
-                    return
-                if state not in HELD and state != "BUSY":
-                    if self._make_room(name, states, deadline):
-                        self._load(name, deadline)
-                        return
-                    no_room = True
-            except RpcError as exc:
-                raise Unavailable(f"inference server is not reachable: {exc.details or exc.name}") from None
-            finally:
-                fcntl.flock(self.repo_fd, fcntl.LOCK_UN)
-                self.repo_guard.release()
-            if time.monotonic() >= deadline:
-                break
-            gevent.sleep(0.05)   # another worker's load or unload of it, or every loaded model is busy
-        if no_room:
-            raise Unavailable(f"model {name!r} is not loaded, and no loaded model can make room for it within "
-                              f"{self.budget_text()}: they all have requests in flight", retry_after=1)
-        raise DeadlineExceeded(f"model {name!r} did not load within the request's deadline; it may still be "
-                               "loading: try again")
+                if time.monotonic() >= deadline:
+                    raise self._late(name, deadline, started)
+                gevent.sleep(WAIT_POLL_S)   # another model's turn, a victim still draining, or a load under way
+        finally:
+            self._remove(entry)
+            self._waiting(-1, time.monotonic() - started)
+
+    def _try_turn(self, name, deadline):
+        """One look under repository.lock: True when `name` is READY (loaded now if it was its turn)."""
+        if not self.repo_guard.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            return False
+        if not self._lock(self.repo_fd, fcntl.LOCK_EX, deadline):
+            self.repo_guard.release()
+            return False
+        try:
+            states = self._index(self._remaining(deadline))
+            state = states.get(name, ("", ""))[0]
+            crash_mark = self._mark(name, "crashed")
+            if os.path.exists(crash_mark) and state == "READY":
+                # Triton 2.51 keeps a model whose process died READY, and unloading it waits about 60 s on the
+                # dead process. A load of a loaded model reloads it: a new process replaces the dead one.
+                self._load(name, deadline, reload=True)
+                os.unlink(crash_mark)
+                return True
+            draining = os.path.exists(self._mark(name, "draining"))
+            if state == "READY" and not draining:
+                return True
+            if state in ("LOADING", "UNLOADING") or (state == "BUSY"):
+                return False   # another worker's load or unload of it
+            if self._queue_head(states) != name:
+                return False
+            if state == "READY":   # its own drain, while it heads the queue (the one that wanted room gave up)
+                self._undrain(name)
+                return True
+            if self._make_room(name, states, deadline):
+                self._load(name, deadline)
+                return True
+            return False
+        except RpcError as exc:
+            raise Unavailable(f"inference server is not reachable: {exc.details or exc.name}") from None
+        finally:
+            fcntl.flock(self.repo_fd, fcntl.LOCK_UN)
+            self.repo_guard.release()
+
+    # The queue of models waiting for room
+
+    def _queue_head(self, states):
+        """The model whose turn it is: the earliest waiting request's (entries of workers gone are dropped)."""
+        entries, alive = [], {}
+        for entry in os.listdir(self.queue):
+            arrived, pid, model = _entry(entry)
+            if pid not in alive:
+                alive[pid] = _alive(pid)
+            if not alive[pid]:
+                self._remove(os.path.join(self.queue, entry))
+                continue
+            entries.append((arrived, model))
+        waiting = {m: (states.get(m, ("", ""))[0], os.path.exists(self._mark(m, "draining"))) for _, m in entries}
+        return queue_head(entries, waiting)
+
+    @staticmethod
+    def _remove(path):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def _waiting(self, delta, seconds=None):
+        if self.metrics is not None:
+            self.metrics.model_waiting(delta, seconds)
+
+    # Making room
 
     def _take(self, name):
         """Hold `name`'s lock exclusively if no request of any worker has it: True when held."""
@@ -290,11 +419,11 @@ class Loader:
     def _release(self, name):
         fcntl.flock(self.evict_fds[name], fcntl.LOCK_UN)
 
-    def _last_used(self, name):
+    def _mtime(self, name, kind):
         try:
-            return os.path.getmtime(os.path.join(self.dir, name + ".lock"))
+            return os.path.getmtime(self._mark(name, kind))
         except FileNotFoundError:
-            return 0.0
+            return None
 
     def _fits(self, name, held):
         if self.max_loaded > 0 and len(held) + 1 > self.max_loaded:
@@ -304,30 +433,49 @@ class Loader:
         return True
 
     def _make_room(self, name, states, deadline):
-        """Unload least recently used models with nothing in flight until `name` fits. False if none can go."""
+        """Drain and unload models until `name` fits: True when it does; False to wait (a victim still has
+        requests in flight, or none has been loaded for MODEL_MIN_RESIDENCY yet)."""
         if self.max_loaded <= 0 and self.memory is None:
             return True
         held = [m for m, (state, _) in states.items() if state in HELD and m != name]
-        while not self._fits(name, held):
-            if not any(m not in self.pinned for m in held):   # it is over the memory budget on its own
-                log.warning("model %r alone is over %s; it loads beside the pinned models only", name,
-                            self.budget_text())
+        if self._fits(name, held):
+            return True
+        if not any(m not in self.pinned for m in held):   # it is over the memory budget on its own
+            log.warning("model %r alone is over %s; it loads beside the pinned models only", name,
+                        self.budget_text())
+            return True
+        for victim in [m for m in held if os.path.exists(self._mark(m, "draining"))]:
+            if states[victim][0] != "READY" or not self._take(victim):
+                return False   # still unloading, or its requests in flight have not all finished
+            if not self._unload(victim, "lru", deadline):
+                return False   # still unloading at the deadline: no load may start beside it
+            held.remove(victim)
+            if self._fits(name, held):
                 return True
-            victims = sorted((m for m in held if m not in self.pinned and states[m][0] == "READY"),
-                             key=self._last_used)
-            for victim in victims:
-                if self._take(victim):
-                    if not self._unload(victim, "lru", deadline):
-                        return False   # still unloading at the deadline: no load may start beside it
-                    held.remove(victim)
-                    break
-            else:
-                return False
-        return True
+        candidates = [m for m in held if m not in self.pinned and states[m][0] == "READY"]
+        now = time.time()
+        victim = choose_victim(candidates, {m: self._mtime(m, "lock") or 0.0 for m in candidates},
+                               {m: self._mtime(m, "loaded") or float("-inf") for m in candidates}, now,
+                               self.min_residency)
+        if victim is None:
+            return False   # every candidate is within its residency quantum
+        open(self._mark(victim, "draining"), "a").close()
+        self._next_generation()
+        log.info("model %r drains (least recently used) to make room for %r within %s", victim, name,
+                 self.budget_text())
+        if self._take(victim) and self._unload(victim, "lru", deadline):   # nothing in flight: at once
+            held.remove(victim)
+            return self._fits(name, held)
+        return False
+
+    def _undrain(self, name):
+        self._remove(self._mark(name, "draining"))
+        self._next_generation()
 
     def _unload(self, name, reason, deadline):
         """Unload and wait until Triton has let go of it (its unload API returns before that), at most until the
         deadline: True when it is gone."""
+        gone = False
         try:
             self.client.call("RepositoryModelUnload", service_pb2.RepositoryModelUnloadRequest(model_name=name),
                              self._remaining(deadline))
@@ -338,6 +486,8 @@ class Loader:
                     break
                 gevent.sleep(0.05)
         finally:
+            if gone:
+                self._remove(self._mark(name, "draining"))
             self._next_generation()
             self._release(name)
         log.info("model %r unloaded (least recently used, to stay within %s)", name, self.budget_text())
@@ -363,15 +513,14 @@ class Loader:
                 raise DeadlineExceeded(f"model {name!r} is still loading after the request's deadline; it goes on "
                                        "loading: try again") from None
             reason = (exc.details or exc.name).strip()
-            with open(os.path.join(self.dir, name + ".failed"), "w") as f:
+            with open(self._mark(name, "failed"), "w") as f:
                 f.write(reason + "\n")
             self._count(name, "failed", started)
             log.error("model %r failed to load: %s", name, reason)
             raise Unavailable(f"model {name!r} failed to load: {reason}") from None
-        try:
-            os.unlink(os.path.join(self.dir, name + ".failed"))
-        except FileNotFoundError:
-            pass
+        self._remove(self._mark(name, "failed"))
+        open(self._mark(name, "loaded"), "a").close()
+        os.utime(self._mark(name, "loaded"))
         self._count(name, "ok", started)
         if self.memory is not None:
             size = self.memory.record(name, gpu_before)

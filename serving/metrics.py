@@ -23,6 +23,8 @@ With MODEL_LOADING=on-demand (serving/loading.py), also:
 - proxy_model_unloads_total{model, reason}: reason lru (to stay within MAX_LOADED_MODELS) or crashed
 - proxy_model_load_seconds: a histogram of load times
 - proxy_models_loaded: models Triton holds ready, as of the last load
+- proxy_model_wait_seconds: a histogram of the time requests waited for their model's turn and load
+- proxy_model_waiting_requests: requests waiting for their model's turn now, summed over live workers
 """
 import os
 from bisect import bisect_left
@@ -60,6 +62,10 @@ class Metrics:
                                           buckets=LOAD_BUCKETS, registry=own)
             self.models_loaded = Gauge("proxy_models_loaded", "Models loaded in Triton", registry=own,
                                        multiprocess_mode="mostrecent")
+            self.wait_seconds = Histogram("proxy_model_wait_seconds", "Time a request waited for its model's "
+                                          "turn and load", buckets=BUCKETS, registry=own)
+            self.waiting = Gauge("proxy_model_waiting_requests", "Requests waiting for their model's turn",
+                                 registry=own, multiprocess_mode="livesum")
         self.triton_metrics_url, self.timeout = triton_metrics_url, timeout
         self.inflight_now = 0          # requests being handled in this worker
         self._counts, self._times = {}, {}   # since the last flush: (url, method, status) -> n; url -> [slots..., sum]
@@ -109,6 +115,12 @@ class Metrics:
             self.load_seconds.observe(seconds)
         if loaded is not None:
             self.models_loaded.set(loaded)
+
+    def model_waiting(self, delta, seconds=None):
+        """A request starts (+1) or ends (-1, with the seconds it waited) its wait for its model's turn."""
+        self.waiting.inc(delta)
+        if seconds is not None:
+            self.wait_seconds.observe(seconds)
 
     def model_unloaded(self, model, reason):
         self.unloads.labels(model, reason).inc()

@@ -45,6 +45,7 @@ class ModelArtsConfig:
     health_url: str
     routes: tuple
     model_algorithm: str = ""
+    protocol: str = "http"   # what every api speaks, and so the container's port: http or https (serving/tls.py)
 
 
 def _properties(block, where):
@@ -94,9 +95,13 @@ def parse(doc):
     apis = doc.get("apis")
     if not isinstance(apis, list) or not apis:
         raise ConfigError("config.json: 'apis' must be a non-empty list")
-    routes, seen = [], set()
+    routes, seen, protocols = [], set(), {}
     for i, api in enumerate(apis):
         where = f"apis[{i}]"
+        protocol = str(api.get("protocol", "http")).lower() if isinstance(api, dict) else ""
+        if protocol not in ("http", "https"):
+            raise ConfigError(f"{where}: protocol must be \"http\" or \"https\", not {api.get('protocol')!r}")
+        protocols.setdefault(protocol, where)
         url, method = api.get("url"), str(api.get("method", "post")).upper()
         if not isinstance(url, str) or not url.startswith("/"):
             raise ConfigError(f"{where}: 'url' must be a path starting with '/'")
@@ -120,7 +125,12 @@ def parse(doc):
         routes.append(Route(url=url, method=method, model=binding.get("model", ""), version=str(binding.get("version", "")),
                             content_type=content_type, inputs=inputs, outputs=_properties(response, f"{where}.response"),
                             request_schema=request["data"], response_schema=response["data"]))
-    return ModelArtsConfig(health_url=health_url, routes=tuple(routes), model_algorithm=doc["model_algorithm"])
+    if len(protocols) > 1:
+        raise ConfigError(f"config.json: {protocols['http']} says http and {protocols['https']} says https; the "
+                          "container serves one protocol on its port (the model's container API protocol), so give "
+                          "every api the same")
+    return ModelArtsConfig(health_url=health_url, routes=tuple(routes), model_algorithm=doc["model_algorithm"],
+                           protocol=next(iter(protocols)))
 
 
 def load(path):
@@ -128,7 +138,9 @@ def load(path):
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
+        raise ConfigError(f"cannot read {path}: {exc} (say which config.json to serve: CONFIG=path for make serve and "
+                          "make rehearse, MODELARTS_CONFIG=path for run.sh; make config MODEL_REPOSITORY=dir writes "
+                          "dir/config.json)") from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path} is not valid JSON: {exc}") from None
     return parse(doc)

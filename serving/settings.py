@@ -76,6 +76,7 @@ class Settings:
     models_pinned: tuple        # on-demand: models loaded at start-up that never unload
     max_loaded_models: int      # on-demand: at most this many models loaded at once (0: no limit)
     model_memory_budget: int    # on-demand: bytes the loaded models may hold (0: no limit; serving/loading.Memory)
+    model_min_residency_s: float  # on-demand: a model just loaded is not unloaded for others before this long
     model_repository: str       # on-demand: the repository whose config.pbtxt files bind the routes
     loading_dir: str            # on-demand: the workers' lock files (run.sh makes one per run)
     stream_heartbeat_s: float   # a decoupled model's stream: a comment line after this long without a response
@@ -105,6 +106,7 @@ class Settings:
             models_pinned=tuple(m.strip() for m in os.environ.get("MODELS_PINNED", "").split(",") if m.strip()),
             max_loaded_models=max(0, _int("MAX_LOADED_MODELS", 0)),
             model_memory_budget=max(0, _int("MODEL_MEMORY_BUDGET", 0)),
+            model_min_residency_s=max(0.0, _float("MODEL_MIN_RESIDENCY", 1.0)),
             model_repository=os.environ.get("MODEL_REPOSITORY") or os.path.join(ROOT, "model_repository"),
             loading_dir=os.environ.get("LOADING_DIR") or "/tmp/serving-loading",
             stream_heartbeat_s=max(0.1, _float("STREAM_HEARTBEAT", 5.0)),

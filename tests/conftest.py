@@ -48,9 +48,10 @@ def wait_for(predicate, timeout, what):
 class Stack:
     """One run of `sh run.sh`, as the container runs it, with its stdout captured to a file."""
 
-    def __init__(self, tmp_path, **env):
+    def __init__(self, tmp_path, scheme="http", verify=True, **env):
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.verify = verify   # for https: the CA file, or False for the stack's own self-signed pair
         self.log_path = tmp_path / "stack.log"
         self.env = dict(os.environ, PORT=str(self.port), TRITON_HTTP_PORT=str(free_port()),
                         TRITON_GRPC_PORT=str(free_port()), TRITON_METRICS_PORT=str(free_port()),
@@ -68,7 +69,7 @@ class Stack:
                 self.kill()
                 raise RuntimeError(f"run.sh exited {self.proc.returncode}:\n{self.log()[-4000:]}")
             try:
-                if requests.get(self.url + "/health", timeout=2).status_code == 200:
+                if requests.get(self.url + "/health", timeout=2, verify=self.verify).status_code == 200:
                     return self
             except requests.ConnectionError:
                 pass

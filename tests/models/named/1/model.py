@@ -1,5 +1,6 @@
 """Answers its own name after sleeping `sleep` seconds (at most 30). Parameters: initialize_sleep (s),
-fail_to_load ("1": the load fails with a clear reason)."""
+fail_to_load ("1": the load fails with a clear reason), log_requests (a file: each request's start time is
+appended to it, as time.time())."""
 import json
 import time
 
@@ -14,9 +15,13 @@ class TritonPythonModel:
         if params.get("fail_to_load") == "1":
             raise RuntimeError(f"{self.name} refuses to load (fail_to_load)")
         time.sleep(float(params.get("initialize_sleep") or 0))
+        self.log = params.get("log_requests") or None
 
     def execute(self, requests):
         out = []
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(f"{time.time():.6f}\n" * len(requests))
         for r in requests:
             seconds = float(pb_utils.get_input_tensor_by_name(r, "sleep").as_numpy().reshape(-1)[0])
             time.sleep(min(max(seconds, 0.0), 30.0))
