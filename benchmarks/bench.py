@@ -46,6 +46,9 @@ import time
 
 import numpy as np
 import requests
+import urllib3
+
+urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)   # the https section's self-signed pair
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -140,7 +143,7 @@ def workloads(proxy, direct):
 
 
 def first_answer(side):
-    resp = requests.post(side.url, data=side.body, timeout=60,
+    resp = requests.post(side.url, data=side.body, timeout=60, verify=False,   # https: the stack's self-signed pair
                          headers={"Content-Type": side.content_type, **side.headers})
     if resp.status_code != 200:
         raise SystemExit(f"{side.url}: {resp.status_code} {resp.text[:300]}")
@@ -483,6 +486,60 @@ def measure_peers(args, workdir, workers=1, plan=None):
     return rows
 
 
+def measure_tls(args, workdir, concurrency=16, rounds=3):
+    """The identity route over HTTPS beside plain HTTP: two stacks with WORKERS=1 (one whose config.json says
+    https, with its self-signed pair), the same wrk with keep-alive, alternating; CPU of each stack's gunicorn."""
+    config = json.loads(pathlib.Path(args.config).read_text())
+    config["apis"] = [api for api in config["apis"] if api["url"] == "/identity"]
+    stacks = {}
+    try:
+        for scheme in ("http", "https"):
+            d = workdir / f"tls-{scheme}"
+            d.mkdir()
+            for api in config["apis"]:
+                api["protocol"] = scheme
+            (d / "config.json").write_text(json.dumps(config))
+            stacks[scheme] = Stack(d, scheme=scheme, verify=False, MODEL_REPOSITORY=build_repository(d, ["identity"]),
+                                   MODELARTS_CONFIG=d / "config.json", ACCESS_LOG="false", GRACE_PERIOD="0",
+                                   WORKERS="1").start()
+        runs = {scheme: [] for scheme in stacks}
+        for i in range(rounds):
+            for scheme in (("http", "https") if i % 2 == 0 else ("https", "http")):
+                stack = stacks[scheme]
+                side = workloads(stack.url, stack.url)["identity"]["proxy"]
+                answer = first_answer(side)
+                wrk(side, answer, 4, 1, workdir)
+                pids = stack.pids("gunicorn")
+                cpu0 = proc_cpu(pids)
+                n, rps, p50, p99 = wrk(side, answer, concurrency, args.seconds, workdir)
+                runs[scheme].append({"rps": rps, "p50_ms": p50, "p99_ms": p99,
+                                     "cpu_ms_per_request": (proc_cpu(pids) - cpu0) / n * 1000})
+        point = {scheme: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for scheme, rs in runs.items()}
+        point["concurrency"], point["rounds"] = concurrency, rounds
+        print(f"tls identity c={concurrency}: " + " | ".join(
+            f"{k} {v['rps']:.0f} req/s p50 {v['p50_ms']:.2f} cpu {v['cpu_ms_per_request']:.3f}"
+            for k, v in point.items() if isinstance(v, dict)), flush=True)
+        return point
+    finally:
+        for stack in stacks.values():
+            stack.terminate()
+
+
+def tls_report(point):
+    if not point:
+        return []
+    h, t = point["http"], point["https"]
+    return ["", "## What HTTPS costs", "",
+            f"The identity route, WORKERS=1, wrk with keep-alive at c={point['concurrency']}, one stack whose "
+            "config.json says http beside one that says https (its self-signed pair), alternating, median "
+            f"of {point['rounds']} rounds. CPU is the stack's gunicorn processes per request.", "",
+            "| port | req/s | p50 ms | p99 ms | CPU ms/req |", "| --- | --- | --- | --- | --- |",
+            f"| http | {h['rps']:.0f} | {h['p50_ms']:.2f} | {h['p99_ms']:.1f} | {h['cpu_ms_per_request']:.3f} |",
+            f"| https | {t['rps']:.0f} | {t['p50_ms']:.2f} | {t['p99_ms']:.1f} | {t['cpu_ms_per_request']:.3f} |", "",
+            f"- https / http: req/s **{t['rps'] / h['rps']:.2f}**, CPU per request "
+            f"**{t['cpu_ms_per_request'] / h['cpu_ms_per_request']:.2f}**", ""]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -713,6 +770,8 @@ def main():
     parser.add_argument("--containers", action=argparse.BooleanOptionalAction, default=True,
                         help="per container: every server with as many workers as cores")
     parser.add_argument("--container-concurrency", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True,
+                        help="the identity route over HTTPS beside plain HTTP")
     parser.add_argument("--name", default="bench", help="results/<name>.{json,md,png}")
     parser.add_argument("--out", help="where results go (default: benchmarks/results; build/bench-smoke for --smoke)")
     parser.add_argument("--smoke", action="store_true", help="2 s per point at c=1 and 4, no perf_analyzer")
@@ -743,6 +802,13 @@ def main():
                   if args.containers and "identity" in args.workloads else [])
     rows, health, isolation, v2 = run(args, workdir)
     text, doc = report(args, rows, health, isolation, v2, peers)
+    if args.tls and "identity" in args.workloads:
+        doc["tls"] = measure_tls(args, workdir, rounds=1 if args.smoke else 3)
+        text += "\n".join(tls_report(doc["tls"]))
+    if not args.smoke:   # the multipart parsers, one process (benchmarks/multipart_parsers.py)
+        import multipart_parsers
+        doc["multipart"] = multipart_parsers.measure()
+        text += "\n" + multipart_parsers.report(doc["multipart"])
     if containers:
         text += "\n".join(containers_report(containers, cores))
         doc["containers"] = {"workers": cores, "points": containers}

@@ -8,13 +8,20 @@
   connections that sit between requests.
 - What gunicorn answers itself, before the app sees a request (a malformed request line, a request line or
   header over its limits), is JSON `{"error": ...}` like every other error here, not gunicorn's HTML page.
+- Over HTTPS, a failed TLS handshake (plain HTTP on the port, an old TLS version, a client that does not trust
+  the certificate) is one log line, not a greenlet's traceback.
 """
 import json
+import logging
+import ssl
 
 import gevent
 from gevent import getcurrent
+from gevent.server import StreamServer
 from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
+
+log = logging.getLogger("serving.worker")
 
 
 def write_error(sock, status_int, reason, mesg):
@@ -25,6 +32,25 @@ def write_error(sock, status_int, reason, mesg):
 
 
 util.write_error = write_error   # gunicorn's workers answer their own errors through this name
+
+
+def wrap_socket_and_handle(server, client_socket, address):
+    """gevent's StreamServer.wrap_socket_and_handle (TLS), with a failed handshake logged in one line."""
+    try:
+        tls_socket = server.wrap_socket(client_socket, **server.ssl_args)
+    except (ssl.SSLError, OSError) as exc:
+        client_socket.close()
+        reason = getattr(exc, "reason", None) or exc.__class__.__name__
+        hint = " (plain HTTP on the HTTPS port)" if reason == "HTTP_REQUEST" else ""
+        log.info("TLS handshake with %s failed: %s%s", address[0] if address else "?", reason, hint)
+        return None
+    try:
+        return server.handle(tls_socket, address)
+    finally:
+        tls_socket.close()
+
+
+StreamServer.wrap_socket_and_handle = wrap_socket_and_handle
 
 SHUTDOWN_IDLE_S = 1.0   # a connection accepted during shutdown still gets its first request served
 # At shutdown an idle connection is closed this long after the signal, not at once: a request a client sent just

@@ -218,3 +218,71 @@ def test_the_rolling_upgrade_runs_on_the_apis_that_passed(broken_run):
     assert found["requests during the stop"]["level"] == "PASS"
     assert found["requests during the stop"]["measured"].endswith("over 1 api(s)")    # /wide; /slow failed its call
     assert found["exit status"]["measured"] == "0"
+
+
+def test_https_apis_warn_on_the_health_block_and_mixed_protocols_fail(tmp_path):
+    doc = copy.deepcopy(SHIPPED)
+    for api in doc["apis"]:
+        api["protocol"] = "https"
+    report, _ = check(doc)
+    assert fails(report) == []
+    warn = [f for f in report.findings if f.level == "WARN"]
+    assert [(f.check, f.measured) for f in warn] == [("health.protocol", '"http" while the apis say https')]
+    assert 'documents the health block\'s protocol as "HTTP" only' in warn[0].rule
+    doc["apis"][0]["protocol"] = "http"
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(doc))
+    report = Report(out=io.StringIO())
+    report.phase("static checks")
+    static.check_proxy(str(path), report)
+    assert any(f.level == "FAIL" and "apis[0] says http and apis[1] says https" in f.measured for f in report.findings)
+
+
+def test_an_https_service_is_rehearsed_over_https(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "named").symlink_to(os.path.join(TEST_MODELS, "named"))
+    doc = json.loads(subprocess.run([sys.executable, "-m", "serving.generate", str(repo), "--protocol", "https"],
+                                    cwd=ROOT, check=True, capture_output=True, text=True).stdout)
+    (repo / "config.json").write_text(json.dumps(doc))
+    proc, report = rehearse(f"MODEL_REPOSITORY={repo}", "REHEARSE_GRACE=3")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    found = by_check(report)
+    assert found["POST /named: answer"]["level"] == "PASS", found["POST /named: answer"]
+    assert found["POST /named: answer"]["measured"].endswith('-> {"model":"named"}')
+    assert found["health.protocol"]["level"] == "WARN"
+    assert found["grace period"]["measured"].startswith("3 s (REHEARSE_GRACE), where the platform gives 60 s")
+    assert found["exit status"]["measured"] == "0"
+    assert "self-signed certificate made for this run" in open(os.path.join(ROOT, "build", "rehearsal",
+                                                                            "service.log")).read()
+
+
+def test_a_service_answering_http_where_the_apis_say_https_fails_with_the_rule():
+    """The check against a real plain-HTTP server on the port (what an image that ignores the protocol does)."""
+    import http.server
+    import threading
+    from deploy.rehearse.__main__ import mismatch
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        service = type("S", (), {"url": f"https://127.0.0.1:{server.server_port}"})()
+        report = Report(out=io.StringIO())
+        report.phase("start and probes")
+        assert mismatch(service, report) is True
+        (finding,) = report.findings
+        assert (finding.level, finding.check) == ("FAIL", "protocol")
+        assert finding.measured == "the service answers HTTP on its port (/health: 200), config.json's apis say https"
+        assert "ModelArts.4503" in finding.rule
+    finally:
+        server.shutdown()

@@ -108,6 +108,9 @@ def test_plain_http_on_the_tls_port_is_refused(tls_stack):
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{tls_stack.port}/health", timeout=10)
     assert requests.get(tls_stack.url + "/health", verify=tls_stack.cert, timeout=10).status_code == 200
+    log = tls_stack.log()
+    assert "TLS handshake with 127.0.0.1 failed: HTTP_REQUEST (plain HTTP on the HTTPS port)" in log
+    assert "Traceback" not in log
 
 
 def handshake(port, cafile, version):

@@ -21,6 +21,7 @@ import threading
 import time
 
 import requests
+import urllib3
 
 from . import payloads, platform as P, static
 from .report import Report
@@ -49,13 +50,30 @@ def probe_settings(doc):
     return settings, defaulted
 
 
+urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)   # https: the service's self-signed pair
+
+
 def get(url, timeout):
     started = time.monotonic()
     try:
-        resp = requests.get(url, timeout=timeout)
+        resp = requests.get(url, timeout=timeout, verify=False)
         return resp, time.monotonic() - started
     except requests.RequestException as exc:
         return exc, time.monotonic() - started
+
+
+def mismatch(service, report):
+    """True (and a FAIL) when the service answers /health in the other protocol than config.json's apis say."""
+    said, _, rest = service.url.partition("://")
+    other = "http" if said == "https" else "https"
+    resp, _ = get(f"{other}://{rest}/health", 5)
+    if not isinstance(resp, requests.Response):
+        return False
+    report.add("FAIL", "protocol", f"the service answers {other.upper()} on its port (/health: {resp.status_code}), "
+               f"config.json's apis say {said}", "protocol",
+               'make every api\'s "protocol" in config.json what the container speaks, and create the model with '
+               "that container API protocol")
+    return True
 
 
 def start_phase(service, doc, report, wait_limit):
@@ -82,6 +100,8 @@ def start_phase(service, doc, report, wait_limit):
                        "see the log lines above (whole log in build/rehearsal/service.log)")
             return None
         resp, took = get(service.url + "/health", timeout)
+        if isinstance(resp, requests.ConnectionError) and mismatch(service, report):
+            return None
         if isinstance(resp, requests.Response):
             last = f"{resp.status_code} {resp.text[:200]}"
             if resp.status_code in P.PROBE_OK:
@@ -129,7 +149,7 @@ def model_inputs(service):
     urls that can answer as a stream (text/event-stream)."""
     found, streams = {}, set()
     try:
-        spec = requests.get(service.url + "/openapi.json", timeout=10).json()
+        spec = requests.get(service.url + "/openapi.json", timeout=10, verify=False).json()
     except (requests.RequestException, ValueError):
         return found, streams
     for url, ops in spec.get("paths", {}).items():
@@ -140,7 +160,7 @@ def model_inputs(service):
             if not model:
                 continue
             try:
-                cfg = requests.get(f"{service.url}/v2/models/{model}/config", timeout=10).json()
+                cfg = requests.get(f"{service.url}/v2/models/{model}/config", timeout=10, verify=False).json()
                 found[url] = {i["name"]: [int(d) for d in i.get("dims", [])] for i in cfg.get("input", [])}
             except (requests.RequestException, ValueError, KeyError, TypeError):
                 pass
@@ -154,7 +174,7 @@ def streamed_call(service, api, kwargs, report, where):
         kwargs = dict(kwargs, json=dict(kwargs.get("json", {}), stream=True))
     started = time.monotonic()
     try:
-        resp = requests.post(service.url + api["url"], headers={"Accept": "text/event-stream"}, stream=True,
+        resp = requests.post(service.url + api["url"], headers={"Accept": "text/event-stream"}, stream=True, verify=False,
                              timeout=P.SYNC_TIMEOUT_S + 10, **kwargs)
         lines = [line for line in resp.iter_lines(decode_unicode=True) if line]
     except requests.RequestException as exc:
@@ -180,7 +200,7 @@ def call(service, api, kwargs, timeout):
     method = str(api.get("method", "post")).upper()
     started = time.monotonic()
     try:
-        resp = requests.request(method, service.url + api["url"], timeout=timeout, **kwargs)
+        resp = requests.request(method, service.url + api["url"], timeout=timeout, verify=False, **kwargs)
     except requests.RequestException as exc:
         return None, time.monotonic() - started, exc
     return resp, time.monotonic() - started, None
@@ -290,7 +310,7 @@ def upgrade_phase(service, answered, probes, report):
                 sent = time.monotonic()
                 try:
                     resp = s.request(str(api.get("method", "post")).upper(), service.url + api["url"],
-                                     timeout=P.SYNC_TIMEOUT_S + P.DRAIN_S, **kwargs)
+                                     timeout=P.SYNC_TIMEOUT_S + P.DRAIN_S, verify=False, **kwargs)
                     ok = resp.status_code == 200
                     if ok:
                         try:
@@ -397,10 +417,15 @@ def main(argv=None):
                         args.config, args.network)
     else:
         service = Local(log_path, args.grace, args.model_repository, path)
+    if static.protocol(doc) == "https":   # the platform calls the container in its apis' protocol
+        service.url = service.url.replace("http://", "https://", 1)
     samples = payloads.parse_samples(args.samples)
     try:
         report.phase("start and probes")
         report.add("INFO", "service", service.where)
+        if args.grace != P.GRACE_S:
+            report.add("INFO", "grace period", f"{args.grace} s (REHEARSE_GRACE), where the platform gives "
+                       f"{P.GRACE_S} s: the rolling upgrade below is rehearsed with {args.grace} s")
         probes = start_phase(service, doc, report, args.startup_wait)
         if probes is not None:
             report.phase("calls")

@@ -58,6 +58,10 @@ RULES = {
     "urls": "each api has its own url (model_type Image allows several apis with different paths)",
     "health_url": "the health check is an HTTP GET of /health on port 8080",
     "health": "rolling upgrades without interruption need the health block, which ModelArts calls",
+    "health_https": 'the specification documents the health block\'s protocol as "HTTP" only, while the apis say '
+                    "https: the container answers only HTTPS on 8080",
+    "protocol": "the container must speak the protocol of the model's container API (config.json's apis' protocol), "
+                "HTTP or HTTPS; a mismatch fails every call with ModelArts.4503",
     "proxy": "the service must start: an api the proxy cannot serve stops it at start-up",
     "user": "the platform starts the container as uid 1000, gid 100 (ma-user)",
     "entry": 'batch services start the image with "sh /home/run.sh"',

@@ -42,6 +42,12 @@ def _schema_problem(data):
     return ""
 
 
+def protocol(doc):
+    """The protocol every api says (http or https), "mixed", or http when there are no apis."""
+    found = {str(a.get("protocol", "http")).lower() for a in doc.get("apis") or [] if isinstance(a, dict)}
+    return "mixed" if len(found) > 1 else (found.pop() if found else "http")
+
+
 def check_config(doc, report):
     """Every documented rule about config.json that can be checked without running it. Returns the apis that are
     well formed enough to call (the rest have FAIL findings)."""
@@ -134,6 +140,10 @@ def check_config(doc, report):
             report.add("FAIL", "health.url", repr(health.get("url")), "health_url", 'set "url": "/health"')
         if str(health.get("protocol", "http")).lower() != "http":
             report.add("FAIL", "health.protocol", repr(health.get("protocol")), "health_url", 'set "protocol": "http"')
+        elif protocol(doc) == "https":
+            report.add("WARN", "health.protocol", '"http" while the apis say https', "health_https",
+                       "create the model with the container API protocol HTTPS, and check after the deployment "
+                       "that the platform's health check reaches /health (the service answers it over HTTPS)")
         for key in ("initial_delay_seconds", "timeout_seconds", "period_seconds", "failure_threshold"):
             value = health.get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
