@@ -54,6 +54,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import Stack  # noqa: E402  (the tests' way of starting run.sh)
+from measure import free_port, proc_cpu, rss_mb, session_pids  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 try:
@@ -61,7 +62,6 @@ try:
 except ImportError:   # an older tree, benchmarked for a before/after comparison
     available_cpus = os.cpu_count
 
-CLK = os.sysconf("SC_CLK_TCK")
 TEXT = "A man is riding a white horse on an enclosed ground."
 
 
@@ -200,24 +200,8 @@ def perf_analyzer(spec, url, concurrency, seconds, workdir, protocol="grpc"):
     return float(row["Inferences/Second"]), int(row["p50 latency"]) / 1000, int(row["p99 latency"]) / 1000
 
 
-def proc_cpu(pids):
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except OSError:
-            pass
-    return total / CLK
 
 
-def rss_mb(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def build_repository(workdir, only=None):
@@ -413,18 +397,6 @@ def start_peer(kind, port, grpc_url, workdir, workers=1):
     raise SystemExit(f"peer {kind} did not listen on {port}")
 
 
-def session_pids(proc):
-    """The PIDs of a Popen started with start_new_session (it and its children)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[3]) == proc.pid:
-                        found.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    return found
 
 
 def measure_peers(args, workdir, workers=1, plan=None):
@@ -540,10 +512,6 @@ def tls_report(point):
             f"**{t['cpu_ms_per_request'] / h['cpu_ms_per_request']:.2f}**", ""]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def measure_isolation(loads, seconds, workdir):

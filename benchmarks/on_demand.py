@@ -8,16 +8,12 @@
 
     python benchmarks/on_demand.py [--seconds 20] [--out benchmarks/results]    (make bench runs it too)
 """
-import argparse
-import json
 import pathlib
 import random
 import re
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -27,6 +23,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import Stack  # noqa: E402
+from measure import standalone  # noqa: E402
 
 COPIES = [f"identity{i}" for i in range(6)]
 VECTOR = [float(i) / 8 for i in range(16)]
@@ -178,22 +175,6 @@ def measure(workdir, seconds):
     return markdown(cold, points, seconds), {"cold": cold, "budget": points, "seconds": seconds}
 
 
-def standalone(name, doc, measure_fn, seconds):
-    """A section run on its own: `measure_fn(workdir, seconds)` -> (markdown, doc), written to <out>/<name>.{md,json}."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=int, default=seconds)
-    parser.add_argument("--out", default=str(HERE / "results"))
-    args = parser.parse_args()
-    workdir = pathlib.Path(tempfile.mkdtemp())
-    try:
-        text, result = measure_fn(workdir, args.seconds)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(text)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.md").write_text(text)
-    (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 def main():

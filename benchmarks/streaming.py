@@ -24,8 +24,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from conftest import Stack  # noqa: E402
-from bench import proc_cpu  # noqa: E402
-from on_demand import standalone  # noqa: E402
+from measure import proc_cpu, standalone  # noqa: E402
 
 TOKENS = 32
 EXPECTED = "".join(f" tok{i}" for i in range(TOKENS))

@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -27,6 +28,14 @@ def require(*tools, root=False):
         pytest.skip(f"needs {'root and ' if root else ''}{', '.join(tools)}: make test installs them with apt when "
                     "run as root")
     raise AssertionError(f"{', '.join(missing)} missing: make test installs them (apt-get install)")
+
+
+def generated_config(repo, *args):
+    """config.json from `make config` (serving/generate.py) for the repository, as a dict, written into it."""
+    text = subprocess.run([sys.executable, "-m", "serving.generate", str(repo), *args], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout
+    (repo / "config.json").write_text(text)
+    return json.loads(text)
 
 
 def free_port():

@@ -1,12 +1,9 @@
 """MODEL_LOADING=on-demand against the real Triton (explicit model control): loads on first request, one load for
 many concurrent first requests across workers, the LRU budget (never more loaded than MAX_LOADED_MODELS, polled from
 Triton's own index), failures, nothing unloaded under a request, pinned models, and a stop during a load."""
-import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from conftest import ROOT, Stack, body
+from conftest import ROOT, Stack, body, generated_config
 
 NAMED = os.path.join(ROOT, "tests", "models", "named")
 SIX = [f"m{i}" for i in range(1, 7)]
@@ -31,9 +28,7 @@ def make_repository(root):
     for name, (key, value) in params.items():
         with open(repo / name / "config.pbtxt", "a") as f:
             f.write(f'parameters: {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n')
-    config = subprocess.run([sys.executable, "-m", "serving.generate", str(repo)], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    (repo / "config.json").write_text(config)
+    generated_config(repo)
     return repo
 
 

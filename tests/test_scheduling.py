@@ -8,8 +8,6 @@ import os
 import random
 import re
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from conftest import ROOT, Stack, body
+from conftest import ROOT, Stack, body, generated_config
 from test_faults import log_time
 from test_loading import Poller, index, series
 
@@ -33,9 +31,7 @@ def make_repository(root, models, log_requests=()):
             with open(repo / name / "config.pbtxt", "a") as f:
                 f.write(f'parameters: {{ key: "log_requests" value: {{ string_value: "{root / name}.log" }} }}\n')
     shutil.copytree(TOKENS, repo / "tokens", ignore=shutil.ignore_patterns("__pycache__"))
-    config = subprocess.run([sys.executable, "-m", "serving.generate", str(repo)], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    (repo / "config.json").write_text(config)
+    generated_config(repo)
     return repo
 
 

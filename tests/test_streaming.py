@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -13,7 +12,7 @@ import time
 import pytest
 import requests
 
-from conftest import ROOT, Stack, body, wait_for
+from conftest import ROOT, Stack, body, generated_config, wait_for
 
 TOKENS = os.path.join(ROOT, "tests", "models", "tokens")
 SSE = {"Accept": "text/event-stream"}
@@ -22,9 +21,7 @@ SSE = {"Accept": "text/event-stream"}
 def make_repository(root):
     repo = root / "repo"
     shutil.copytree(TOKENS, repo / "tokens", ignore=shutil.ignore_patterns("__pycache__"))
-    config = subprocess.run([sys.executable, "-m", "serving.generate", str(repo)], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    (repo / "config.json").write_text(config)
+    generated_config(repo)
     return repo
 
 

@@ -9,14 +9,13 @@ import signal
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import requests
 
-from conftest import ROOT, Stack, body, wait_for
+from conftest import ROOT, Stack, body, generated_config, wait_for
 from serving import modelarts, tls
 from serving.errors import ConfigError
 
@@ -31,9 +30,7 @@ def make_repository(root):
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(os.path.join(ROOT, "tests", "models", "tokens"), repo / "tokens",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    config = subprocess.run([sys.executable, "-m", "serving.generate", str(repo), "--protocol", "https"], cwd=ROOT,
-                            check=True, capture_output=True, text=True).stdout
-    (repo / "config.json").write_text(config)
+    generated_config(repo, "--protocol", "https")
     return repo
 
 
