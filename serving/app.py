@@ -15,7 +15,7 @@ from . import binding, codecs, modelarts, openai, openapi, sse, triton, v2
 from .front import Front
 from .metrics import Metrics
 from .errors import ConfigError, ServingError
-from .predict import Predict, decode, read_body
+from .predict import Predict
 from .settings import Settings
 
 log = logging.getLogger("serving.app")
@@ -42,6 +42,20 @@ def check_binding(route, info):
     for f in route.outputs:
         if f.name not in info.outputs:
             raise ConfigError(f"{where}: response property {f.name!r} is not a model output {sorted(info.outputs)}")
+
+
+def through_flask(handler):
+    """A route's WSGI handler as a Flask view: Flask answers what serving/front.py leaves to it for the route (HEAD
+    of a GET route; a wrong method is Flask's 405)."""
+    def view():
+        started = {}
+
+        def start_response(status, headers, exc_info=None):
+            started.update(status=status, headers=headers)
+
+        body = handler(request.environ, start_response)
+        return Response(body, status=int(started["status"][:3]), headers=started["headers"])
+    return view
 
 
 def create_app(settings=None):
@@ -76,7 +90,7 @@ def create_app(settings=None):
     spec = json.dumps(openapi.document(config, routes, title=f"{config.model_algorithm or 'Inference'} service",
                                        metrics=settings.metrics, streaming=streaming), indent=1).encode()
 
-    predicts = {}   # (method, url) -> predict.Predict, answered by serving/front.py before Flask
+    handlers = {}   # (method, url) -> its WSGI handler, answered by serving/front.py before Flask
     app = Flask("serving")
     # Werkzeug refuses a larger body (413, via http_error below) before reading it.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -91,88 +105,30 @@ def create_app(settings=None):
             return _json({"health": "false", "reason": reason}, 503)
         return _json({"health": "true"})
 
-    def predict_view(route, info):
-        def on_crash(detail, name=info.name):
+    def on_crash_of(name):
+        def on_crash(detail):
             if loader is not None:
                 log.error("model %r crashed: %s; it is unloaded and loaded again on its next request", name, detail)
                 loader.crashed(name, detail)
                 return
             log.error("model %r crashed: %s; /health now answers 503 until the container restarts", name, detail)
             readiness.mark_crashed(name, detail)
+        return on_crash
 
+    def predict_route(route, info):
         call = triton.InferCall(client, info, [f.name for f in route.outputs], settings.request_timeout_s,
-                                slots[(info.name, info.version)], on_error, on_crash, loader)   # prebuilt once
-        handler = predicts[(route.method, route.url)] = Predict(route, info, call, settings.max_body_bytes)
-
-        def predict():   # what serving/front.py does not answer itself: the same handler, through Flask
-            status, headers, body = handler.answer(request.environ)
-            return Response(body, status=int(status[:3]), headers=headers)
-
-        return predict
+                                slots[(info.name, info.version)], on_error, on_crash_of(info.name), loader)
+        return Predict(route, info, call, settings.max_body_bytes)
 
     # A stream ends before gunicorn's drain does (GRACEFUL_TIMEOUT), so that a stop never cuts one without its
     # final event (serving/sse.py).
     stream_timeout = max(1.0, min(settings.request_timeout_s, settings.graceful_timeout_s - 5))
 
-    def stream_view(route, info):
-        names = [f.name for f in route.outputs]
-        types = {f.name: (f.type, f.depth) for f in route.outputs}
-        call = triton.StreamCall(client, info, names, stream_timeout, on_error, loader)
+    def stream_route(route, info):
+        call = triton.StreamCall(client, info, [f.name for f in route.outputs], stream_timeout, on_error, loader)
+        return sse.Route(route, info, call, settings.max_body_bytes, settings.stream_heartbeat_s)
 
-        def encode(outputs, batch):
-            return {n: codecs.output_value(outputs[n], types[n][0], info.batched, types[n][1], batch)
-                    for n in names if n in outputs}
-
-        def predict():
-            tensors, batch, doc = decode(route, info, request.environ,
-                                         read_body(request.environ, settings.max_body_bytes))
-            asked = sse.wants_stream(request.environ, doc)
-            responses = call.responses(sse.stream_flag(info, tensors, asked),
-                                       settings.stream_heartbeat_s if asked else None, coalesce=True)
-            try:   # before the first response, an error is the usual JSON answer with its status
-                first = next((r for r in responses if r is not None), None)
-            except BaseException:
-                responses.close()
-                raise
-            if not asked:
-                answers = [] if first is None else [encode(r, batch) for r in first]
-                try:
-                    answers += [encode(r, batch) for group in responses if group is not None for r in group]
-                finally:
-                    responses.close()
-                return _json(sse.join(answers, types))
-
-            environ = request.environ
-
-            def events():
-                n = 0
-                try:
-                    if first is not None:
-                        n += len(first)
-                        yield b"".join(sse.event(encode(r, batch)) for r in first)
-                    for group in responses:
-                        if sse.hung_up(environ):
-                            log.info("%s %s: the client hung up after %d responses; cancelled", route.method,
-                                     route.url, n)
-                            return
-                        if group is None:
-                            yield sse.HEARTBEAT
-                            continue
-                        n += len(group)   # the responses that arrived together: one write
-                        yield b"".join(sse.event(encode(r, batch)) for r in group)
-                    yield sse.event({"responses": n}, "end")
-                except ServingError as exc:
-                    log.warning("%s %s: stream ended after %d responses: %s", route.method, route.url, n, exc.message)
-                    yield sse.event({"error": exc.message}, "error")
-                finally:
-                    responses.close()   # a client that hung up: the request is cancelled in Triton
-
-            return Response(events(), mimetype=sse.CONTENT_TYPE,
-                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-        return predict
-
-    def openai_view(route, info):
+    def openai_route(route, info):
         if not openai.is_llm(info):
             raise ConfigError(f"{route.method} {route.url} -> model {info.name!r}: an OpenAI route needs an LLM model "
                               "(decoupled, with inputs text_input and outputs text_output)")
@@ -187,44 +143,14 @@ def create_app(settings=None):
         for name, (_, template) in models.items():
             log.info("route %s %s: OpenAI %s for model %r (chat template: %s)", route.method, route.url,
                      openai.kind(route.url), name, template.source)
-        handler = openai.Route(openai.kind(route.url), info.name, models)
-
-        def predict():
-            try:
-                ctype = request.environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
-                if ctype != modelarts.JSON:
-                    raise openai.OpenAIError(f"expected Content-Type application/json, got {ctype or 'none'}",
-                                             status=415)
-                streams, answer = handler.handle(codecs.parse_json_body(request.get_data(cache=False)), log)
-            except ServingError as exc:
-                if exc.status >= 500:
-                    log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
-                return _json(openai.error_body(exc), exc.status)
-            if not streams:
-                return _json(answer)
-            environ = request.environ
-
-            def events():
-                try:
-                    for chunk in answer:
-                        if sse.hung_up(environ):
-                            return
-                        yield chunk
-                finally:
-                    answer.close()
-
-            return Response(events(), mimetype=sse.CONTENT_TYPE,
-                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-        return predict
+        return openai.Route(openai.kind(route.url), info.name, models, settings.max_body_bytes)
 
     for route in routes:
         info = infos[(route.model, route.version)]
-        if openai.kind(route.url):
-            view = openai_view(route, info)
-        else:
-            view = stream_view(route, info) if info.decoupled else predict_view(route, info)
-        app.add_url_rule(route.url, endpoint=f"{route.method} {route.url}", methods=[route.method], view_func=view)
+        make = openai_route if openai.kind(route.url) else stream_route if info.decoupled else predict_route
+        handler = handlers[(route.method, route.url)] = make(route, info)
+        app.add_url_rule(route.url, endpoint=f"{route.method} {route.url}", methods=[route.method],
+                         view_func=through_flask(handler))
         log.info("route %s %s -> model %r (inputs %s; outputs %s)", route.method, route.url, route.model,
                  [f.name for f in route.inputs], [f.name for f in route.outputs])
 
@@ -274,6 +200,6 @@ def create_app(settings=None):
         loader.enter(name, time.monotonic() + timeout)
         return lambda: loader.leave(name)
 
-    app.wsgi_app = Front(app.wsgi_app, upstream, metrics, urls, predicts, hold if loader is not None else None)
+    app.wsgi_app = Front(app.wsgi_app, upstream, metrics, urls, handlers, hold if loader is not None else None)
     app.extensions["serving.upstream"] = upstream
     return app

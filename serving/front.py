@@ -34,7 +34,7 @@ def _error(start_response, exc):
 class Front:
     def __init__(self, app, upstream=None, metrics=None, urls=(), predicts=None, hold=None):
         self.app = app                # Flask's wsgi_app
-        self.predicts = predicts or {}   # (method, path) -> predict.Predict
+        self.predicts = predicts or {}   # (method, path) -> the route's handler (predict.Predict, sse.Route, openai.Route)
         self.hold = hold   # on-demand loading: hold(model) loads it if need be and returns its release, or None
         self.upstream = upstream      # v2.Upstream, or None when the pass-through is off
         self.metrics = metrics        # metrics.Metrics, or None when /metrics is off
@@ -56,7 +56,7 @@ class Front:
         started = time.perf_counter()
         method = environ.get("REQUEST_METHOD", "")
         handler = self.predicts.get((method, path))
-        if handler is not None:   # the hot path: no closure over start_response
+        if handler is not None and hasattr(handler, "answer"):   # a unary predict: no closure over start_response
             m.inflight_now += 1
             try:
                 status, headers, body = handler.answer(environ)
@@ -79,7 +79,10 @@ class Front:
         else:
             m.inflight_now += 1
             try:
-                if is_v2 and self.upstream is not None:
+                if handler is not None:   # a stream (SSE, OpenAI): timed to the start of its answer
+                    body = handler(environ, start)
+                    url = path
+                elif is_v2 and self.upstream is not None:
                     body = self.v2(environ, start)
                     url = environ.get("serving.v2_endpoint", "/v2 (refused)")
                 else:

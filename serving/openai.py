@@ -29,12 +29,16 @@ Where it differs from Triton's frontend: no tokenizer (so no token-based usage o
 no tools.
 """
 import json
+import logging
 import os
 import time
 import uuid
 
-from . import codecs
+from . import codecs, modelarts, sse
 from .errors import ServingError
+from .predict import JSON_HEADERS, media_type, read_body, status_line
+
+log = logging.getLogger("serving.app")
 
 SUFFIXES = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 INTERFACE_IN, INTERFACE_OUT = "text_input", "text_output"
@@ -169,10 +173,47 @@ def parse(doc, which):
 
 
 class Route:
-    """One OpenAI route: its LLM models (name -> (StreamCall, Template)) and the default one."""
+    """One OpenAI route as plain WSGI (answered by serving/front.py, before Flask): its LLM models
+    (name -> (StreamCall, Template)) and the default one."""
 
-    def __init__(self, which, default, models):
-        self.which, self.default, self.models = which, default, models
+    def __init__(self, which, default, models, max_body_bytes=16 * 1024 * 1024):
+        self.which, self.default, self.models, self.limit = which, default, models, max_body_bytes
+
+    def __call__(self, environ, start_response):
+        try:
+            ctype = media_type(environ)
+            if ctype != modelarts.JSON:
+                raise OpenAIError(f"expected Content-Type application/json, got {ctype or 'none'}", status=415)
+            streams, answer = self.handle(codecs.parse_json_body(read_body(environ, self.limit)), log)
+        except ServingError as exc:
+            if exc.status >= 500:
+                log.warning("%s %s -> %d: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), exc.status,
+                            exc.message)
+            return self._json(start_response, error_body(exc), exc.status)
+        except Exception:
+            log.exception("unhandled error on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            return self._json(start_response, error_body(OpenAIError("internal error", status=500,
+                                                                     type_="server_error")), 500)
+        if not streams:
+            return self._json(start_response, answer, 200)
+        start_response("200 OK", sse.STREAM_HEADERS)
+        return self._events(environ, answer)
+
+    @staticmethod
+    def _json(start_response, doc, status):
+        body = codecs.dumps(doc)
+        start_response(status_line(status), [JSON_HEADERS, ("Content-Length", str(len(body)))])
+        return [body]
+
+    @staticmethod
+    def _events(environ, answer):
+        try:
+            for chunk in answer:
+                if sse.hung_up(environ):
+                    return
+                yield chunk
+        finally:
+            answer.close()
 
     def handle(self, doc, log):
         import numpy as np

@@ -15,14 +15,21 @@ their values in order.
 A stream lasts at most REQUEST_TIMEOUT, and never past GRACEFUL_TIMEOUT - 5 s, so a stream in flight at a stop ends
 with its final event or an error event before gunicorn's drain runs out: it is never cut without one.
 """
+import logging
 import socket
 
 import numpy as np
 
 from . import codecs
+from .errors import ServingError
+from .predict import JSON_HEADERS, decode, error_answer, read_body
+
+log = logging.getLogger("serving.app")
 
 CONTENT_TYPE = "text/event-stream"
 HEARTBEAT = b": keep-alive\n\n"
+STREAM_HEADERS = [("Content-Type", CONTENT_TYPE + "; charset=utf-8"), ("Cache-Control", "no-cache"),
+                  ("X-Accel-Buffering", "no")]
 
 
 def event(data, name=None):
@@ -68,3 +75,82 @@ def hung_up(environ):
         return False
     except OSError:
         return True
+
+
+class Route:
+    """A decoupled model's config.json route as plain WSGI (answered by serving/front.py, before Flask): its
+    responses as Server-Sent Events when the client asks for a stream, else one joined JSON answer. Before the first
+    response an error is the usual JSON answer with its status; after it, an `error` event."""
+
+    def __init__(self, route, info, call, max_body_bytes, heartbeat_s):
+        self.route, self.info, self.call = route, info, call   # call: triton.StreamCall
+        self.limit, self.heartbeat = max_body_bytes, heartbeat_s
+        self.names = [f.name for f in route.outputs]
+        self.types = {f.name: (f.type, f.depth) for f in route.outputs}
+
+    def encode(self, outputs, batch):
+        info, types = self.info, self.types
+        return {n: codecs.output_value(outputs[n], types[n][0], info.batched, types[n][1], batch)
+                for n in self.names if n in outputs}
+
+    def __call__(self, environ, start_response):
+        try:
+            tensors, batch, doc = decode(self.route, self.info, environ, read_body(environ, self.limit))
+            asked = wants_stream(environ, doc)
+            responses = self.call.responses(stream_flag(self.info, tensors, asked), self.heartbeat if asked else None,
+                                            coalesce=True)
+            try:   # the first response before the first byte
+                first = next((r for r in responses if r is not None), None)
+                if not asked:
+                    body = self.joined(first, responses, batch)
+            except BaseException:
+                responses.close()
+                raise
+        except ServingError as exc:
+            return self._error(environ, start_response, exc)
+        except Exception:
+            log.exception("unhandled error on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            return self._error(environ, start_response, ServingError("internal error"))
+        if not asked:
+            start_response("200 OK", [JSON_HEADERS, ("Content-Length", str(len(body)))])
+            return [body]
+        start_response("200 OK", STREAM_HEADERS)
+        return self.events(environ, first, responses, batch)
+
+    @staticmethod
+    def _error(environ, start_response, exc):
+        status, headers, body = error_answer(environ, exc)
+        start_response(status, headers)
+        return [body]
+
+    def joined(self, first, responses, batch):
+        answers = [] if first is None else [self.encode(r, batch) for r in first]
+        try:
+            answers += [self.encode(r, batch) for group in responses if group is not None for r in group]
+        finally:
+            responses.close()
+        return codecs.dumps(join(answers, self.types))
+
+    def events(self, environ, first, responses, batch):
+        n = 0
+        try:
+            if first is not None:
+                n += len(first)
+                yield b"".join(event(self.encode(r, batch)) for r in first)
+            for group in responses:
+                if hung_up(environ):
+                    log.info("%s %s: the client hung up after %d responses; cancelled", self.route.method,
+                             self.route.url, n)
+                    return
+                if group is None:
+                    yield HEARTBEAT
+                    continue
+                n += len(group)   # the responses that arrived together: one write
+                yield b"".join(event(self.encode(r, batch)) for r in group)
+            yield event({"responses": n}, "end")
+        except ServingError as exc:
+            log.warning("%s %s: stream ended after %d responses: %s", self.route.method, self.route.url, n,
+                        exc.message)
+            yield event({"error": exc.message}, "error")
+        finally:
+            responses.close()   # a client that hung up: the request is cancelled in Triton
