@@ -128,3 +128,18 @@ def test_a_hung_gunicorn_is_killed_after_its_limit_and_triton_still_stops(new_st
     positions = [log.find(m) for m in marks]
     assert all(p >= 0 for p in positions) and positions == sorted(positions), dict(zip(marks, positions))
     wait_for(lambda: not stack.pids(""), 10, "no processes left")
+
+
+def test_ctrl_c_stops_everything_at_once_and_exits_0(new_stack):
+    """Ctrl-C in a terminal sends SIGINT to every process of the foreground group: run.sh, gunicorn, Triton. A stop
+    asked for is not a fault: no grace period, every process gone, exit 0 (make serve then ends without an error)."""
+    stack = new_stack(GRACE_PERIOD="30")
+    started = time.monotonic()
+    os.killpg(stack.proc.pid, signal.SIGINT)
+    rc = stack.proc.wait(60)
+    took = time.monotonic() - started
+    log = stack.log()
+    assert rc == 0, log[-3000:]
+    assert took < 20, took   # not the 30 s grace period
+    assert "shutdown complete" in log and "exited on its own" not in log
+    wait_for(lambda: not stack.pids(""), 10, "no process of the stack left")
