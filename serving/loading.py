@@ -250,7 +250,7 @@ class Loader:
                     and not os.path.exists(crashed)
             except RpcError as exc:
                 self.leave(name)
-                raise Unavailable(f"inference server is not reachable: {exc.details or exc.name}") from None
+                raise self._unreachable(exc, name, deadline) from None
             if ready:   # held now, so it stays READY until leave()
                 users.ready, users.seen = True, generation
                 break
@@ -289,6 +289,13 @@ class Loader:
     def _next_generation(self):
         os.utime(self.generation, ns=(time.time_ns(), time.time_ns()))
 
+    def _unreachable(self, exc, name, deadline):
+        """An RpcError of a look at Triton -> what the request gets: a wait cut short by its own deadline is late,
+        anything else means Triton cannot be reached."""
+        if exc.code == DEADLINE_EXCEEDED and time.monotonic() >= deadline - 0.01:
+            return self._late(name, deadline)
+        return Unavailable(f"inference server is not reachable: {exc.details or exc.name}")
+
     def _late(self, name, deadline, started=None):
         waited = f" after waiting {time.monotonic() - started:.1f} s" if started is not None else ""
         return Unavailable(f"model {name!r} did not get its turn to load within the request's deadline{waited} "
@@ -316,7 +323,7 @@ class Loader:
                     and self._ready(name, self._remaining(deadline))):
                 return
         except RpcError as exc:
-            raise Unavailable(f"inference server is not reachable: {exc.details or exc.name}") from None
+            raise self._unreachable(exc, name, deadline) from None
         failed = self._mark(name, "failed")
         try:
             if time.time() - os.path.getmtime(failed) < LOAD_RETRY_S:
@@ -371,7 +378,9 @@ class Loader:
                 return True
             return False
         except RpcError as exc:
-            raise Unavailable(f"inference server is not reachable: {exc.details or exc.name}") from None
+            if exc.code == DEADLINE_EXCEEDED and time.monotonic() >= deadline - 0.01:
+                return False   # a look cut short by the request's own deadline: the wait ends as late, below
+            raise self._unreachable(exc, name, deadline) from None
         finally:
             fcntl.flock(self.repo_fd, fcntl.LOCK_UN)
             self.repo_guard.release()
