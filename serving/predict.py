@@ -103,9 +103,9 @@ def decode(route, info, environ, body):
     return tensors, batch, doc
 
 
-def error_answer(environ, exc):
-    """A ServingError -> (status, headers, body), logged when it is the server's (5xx)."""
-    if exc.status >= 500:
+def error_answer(environ, exc, logged=False):
+    """A ServingError -> (status, headers, body), logged when it is the server's (5xx) and not `logged` already."""
+    if exc.status >= 500 and not logged:
         log.warning("%s %s -> %d: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), exc.status,
                     exc.message)
     body = codecs.dumps({"error": exc.message})
@@ -135,7 +135,7 @@ class Predict:
             return error_answer(environ, exc)
         except Exception:
             log.exception("unhandled error on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
-            return error_answer(environ, ServingError("internal error"))
+            return error_answer(environ, ServingError("internal error"), logged=True)
         return "200 OK", [JSON_HEADERS, ("Content-Length", str(len(body)))], body
 
     def __call__(self, environ, start_response):

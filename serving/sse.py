@@ -110,7 +110,7 @@ class Route:
             return self._error(environ, start_response, exc)
         except Exception:
             log.exception("unhandled error on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
-            return self._error(environ, start_response, ServingError("internal error"))
+            return self._error(environ, start_response, ServingError("internal error"), logged=True)
         if not asked:
             start_response("200 OK", [JSON_HEADERS, ("Content-Length", str(len(body)))])
             return [body]
@@ -118,8 +118,8 @@ class Route:
         return self.events(environ, first, responses, batch)
 
     @staticmethod
-    def _error(environ, start_response, exc):
-        status, headers, body = error_answer(environ, exc)
+    def _error(environ, start_response, exc, logged=False):
+        status, headers, body = error_answer(environ, exc, logged)
         start_response(status, headers)
         return [body]
 
