@@ -42,7 +42,7 @@ if _soft != resource.RLIM_INFINITY and _soft < _want:
 
 
 def post_fork(server, worker):
-    # Patch first, then create this worker's one Triton connection (serving/grpc_wire.py: gevent-native, no
+    # Patch first, then create this worker's one Triton connection (serving/grpc_wire/: gevent-native, no
     # threads); a connection must not cross a fork.
     from gevent import monkey
     monkey.patch_all()

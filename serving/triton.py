@@ -1,6 +1,6 @@
 """The one Triton gRPC client of a worker process: model info read once, readiness, and the infer call.
 
-One HTTP/2 connection per worker (serving/grpc_wire.py, gevent-native), made after fork, carrying tritonclient's
+One HTTP/2 connection per worker (serving/grpc_wire/, gevent-native), made after fork, carrying tritonclient's
 generated KServe v2 messages. Each predict
 route gets an `InferCall` at start-up: its ModelInferRequest is prebuilt once (model, version, input names and
 types, requested outputs), and a request only adds shapes and raw tensor bytes. Outputs are read from
@@ -34,7 +34,7 @@ def slots(models, per_model):
 
 
 class Client:
-    """This worker's connection to Triton's gRPC port (serving/grpc_wire.py), shared by all its greenlets.
+    """This worker's connection to Triton's gRPC port (serving/grpc_wire/), shared by all its greenlets.
 
     `call("ModelInfer", request, timeout)` makes one unary call of GRPCInferenceService with tritonclient's
     generated messages and returns the response message, or raises grpc_wire.RpcError.
@@ -173,7 +173,7 @@ class InferCall:
 
     def __init__(self, c, info, output_names, timeout, slots, on_error=None, on_crash=None, loader=None):
         self.call, self.info, self.timeout = c.call, info, timeout
-        self.loader = loader   # on-demand loading (serving/loading.py): the model is loaded, and held, per call
+        self.loader = loader   # on-demand loading (serving/loading/): the model is loaded, and held, per call
         self.on_error = on_error or (lambda kind: None)   # metrics: proxy_triton_errors_total{kind}
         self.on_crash = on_crash or (lambda detail: None)  # the model's process died: Readiness.mark_crashed
         self.slots = slots   # this model's calls in flight from this worker (shared by its routes)

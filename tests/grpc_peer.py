@@ -1,5 +1,5 @@
 """A grpcio server (gRPC C-core) implementing Triton's GRPCInferenceService with hostile settings: the reference peer
-that serving/grpc_wire.py is tested against (tests/test_grpc_wire.py).
+that serving/grpc_wire/ is tested against (tests/test_grpc_wire.py).
 
     python tests/grpc_peer.py PORT [--window N] [--max-frame N] [--max-streams N] [--hpack-table N] [--grace S]
 

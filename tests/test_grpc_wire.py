@@ -1,4 +1,4 @@
-"""serving/grpc_wire.py against real peers: a grpcio server (gRPC C-core) with hostile settings (tests/grpc_peer.py),
+"""serving/grpc_wire/ against real peers: a grpcio server (gRPC C-core) with hostile settings (tests/grpc_peer.py),
 and a raw socket that sends truncated, oversized and out-of-order frames. Triton itself is the peer of every other
 test of the stack; its restart under load is in test_faults.py.
 
@@ -500,11 +500,6 @@ def read_all(responses, idle=None):
             idles += 1
             continue
         got.append(service_pb2.ModelStreamInferResponse.FromString(raw).infer_response)
-
-
-def stats(channel):
-    return json.loads(channel.call(METADATA, service_pb2.ServerMetadataRequest(), service_pb2.ServerMetadataResponse,
-                                   5).name)
 
 
 def test_a_server_stream_arrives_in_order_through_small_windows_and_frames(peer_factory):
