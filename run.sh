@@ -148,7 +148,7 @@ if ! ls /dev/nvidia[0-9]* >/dev/null 2>&1; then
     gpu_args="--allow-gpu-metrics=false --pinned-memory-pool-byte-size=0 --cuda-memory-pool-byte-size=0:0"
     log "no GPU on this machine (no /dev/nvidia*): Triton runs on the CPU, without GPU metrics or CUDA memory pools"
 fi
-# MODEL_LOADING=on-demand (serving/loading.py): Triton loads only MODELS_PINNED at start-up; the proxy loads the
+# MODEL_LOADING=on-demand (serving/loading/): Triton loads only MODELS_PINNED at start-up; the proxy loads the
 # others on their first request, and unloads the least recently used beyond MAX_LOADED_MODELS.
 loading_args=
 case ${MODEL_LOADING:-all} in

@@ -1,4 +1,4 @@
-"""The on-demand section of `make bench` (MODEL_LOADING=on-demand, serving/loading.py):
+"""The on-demand section of `make bench` (MODEL_LOADING=on-demand, serving/loading/):
 
 - the first request to a cold MNIST and a cold embedding model (the load, then the answer), beside a warm one;
 - six copies of the identity model behind one service with MAX_LOADED_MODELS=2 (a working set larger than the

@@ -18,7 +18,7 @@ template such as /v2/models/{model}/infer, or "other"; `method` is one of the HT
 - proxy_inflight_requests: requests being handled, summed over live workers
 - proxy_triton_errors_total{kind}: calls to Triton that failed (deadline, unavailable, protocol, or the gRPC
   status, e.g. invalid_argument, internal)
-With MODEL_LOADING=on-demand (serving/loading.py), also:
+With MODEL_LOADING=on-demand (serving/loading/), also:
 - proxy_model_loads_total{model, result}: result ok, failed or timeout (the request's deadline passed first)
 - proxy_model_unloads_total{model, reason}: reason lru (to stay within MAX_LOADED_MODELS) or crashed
 - proxy_model_load_seconds: a histogram of load times

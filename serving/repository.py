@@ -1,7 +1,7 @@
 """What a model repository says without Triton: each model's tensors from its config.pbtxt (ModelInfo).
 
 Triton's client (serving/triton.py) builds the same ModelInfo from Triton's answers; on-demand loading binds routes
-from these files before anything is loaded (serving/loading.py).
+from these files before anything is loaded (serving/loading/).
 """
 import os
 from dataclasses import dataclass

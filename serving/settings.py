@@ -72,7 +72,7 @@ class Settings:
     metrics: bool               # /metrics and the per-request series behind it
     kserve_v2: bool             # the /v2/... pass-through to Triton's HTTP API (serving/v2.py)
     v2_connections: int         # keep-alive connections to Triton's HTTP port per worker
-    model_loading: str          # "all" (Triton loads every model at start-up) or "on-demand" (serving/loading.py)
+    model_loading: str          # "all" (Triton loads every model at start-up) or "on-demand" (serving/loading/)
     models_pinned: tuple        # on-demand: models loaded at start-up that never unload
     max_loaded_models: int      # on-demand: at most this many models loaded at once (0: no limit)
     model_memory_budget: int    # on-demand: bytes the loaded models may hold (0: no limit; serving/loading.Memory)

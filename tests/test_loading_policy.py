@@ -1,6 +1,6 @@
-"""The on-demand scheduler's policy (serving/loading.py) alone: which model is evicted, whose turn it is. Pure
-functions, a fake clock, no Triton."""
-from serving.loading import choose_victim, queue_head
+"""The on-demand scheduler's policy (serving/loading/policy.py) alone: which model is evicted, whose turn it is,
+whether a model fits. Pure functions, a fake clock, no Triton."""
+from serving.loading import choose_victim, fits, queue_head
 
 
 def test_the_victim_is_the_least_recently_used_past_its_residency():
@@ -36,3 +36,11 @@ def test_the_head_is_the_earliest_request_whose_model_still_needs_a_turn():
 def test_two_workers_waiting_for_one_model_keep_its_earliest_place():
     entries = [(15, "b"), (12, "a"), (10, "b")]   # b from two workers, the first at 10
     assert queue_head(entries, {}) == "b"
+
+
+def test_a_model_fits_within_the_count_and_the_memory_budget():
+    assert fits(0, max_loaded=1) and not fits(1, max_loaded=1)
+    assert fits(50, max_loaded=0)                                   # no count limit
+    assert fits(1, 0, used=600, expected=400, budget=1000)          # exactly at the budget
+    assert not fits(1, 0, used=601, expected=400, budget=1000)
+    assert not fits(2, max_loaded=2, used=0, expected=0, budget=1000)   # both limits hold

@@ -2,7 +2,7 @@
 through the loader (SSE, the joined stream, the OpenAI routes, v2 infer), nothing unloads under an open stream, the
 victim drains (no new request reaches it once it is marked), waiting models load in the order they asked (FIFO),
 a wait past the deadline is a 503 with Retry-After, and random traffic over six models at a budget of 2 loses no
-answer (serving/loading.py)."""
+answer (serving/loading/)."""
 import json
 import os
 import random

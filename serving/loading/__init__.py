@@ -1,0 +1,30 @@
+"""On-demand model loading (MODEL_LOADING=on-demand): Triton runs with explicit model control, a model loads on its
+first request, and under a budget (MAX_LOADED_MODELS, MODEL_MEMORY_BUDGET) loaded models make room in turn.
+MODELS_PINNED load at start-up and never unload.
+
+Routes are bound from each model's config.pbtxt (serving/repository.py), so that nothing needs to be loaded to start.
+
+Scheduling, when a working set is larger than the budget (README: "Many models"):
+- **waiters in turn**: a model that needs room joins a queue, in the order its first request arrived, shared by the
+  workers; only the model at its head may make room and load;
+- **the victim drains**: to make room, the least recently used unpinned model is marked draining. New requests
+  for it wait like those of any model that is not loaded (it joins the queue's tail); its requests in flight
+  finish; then it is unloaded and the head loads. Nothing is unloaded under a request;
+- **a residency quantum**: a model loaded less than MODEL_MIN_RESIDENCY seconds ago is not chosen, so a tight
+  budget takes turns instead of loading once per request;
+- **bounded waits**: a request's wait counts against its deadline; one whose turn does not come in time gets 503
+  with Retry-After.
+
+The package, by what each module knows:
+- policy.py: the decisions (the victim, the queue's head, whether a model fits) as pure functions;
+- files.py: the state the gunicorn workers share, as files in LOADING_DIR (locks, marks, the queue);
+- control.py: Triton's load, unload, index and readiness calls;
+- memory.py: what the loaded models hold (MODEL_MEMORY_BUDGET);
+- loader.py: the Loader, which carries out the policy's decisions with the other three: enter(model) before a
+  request's call, leave(model) after it.
+"""
+from .loader import Loader
+from .memory import Memory
+from .policy import choose_victim, fits, queue_head
+
+__all__ = ["Loader", "Memory", "choose_victim", "fits", "queue_head"]
