@@ -215,8 +215,8 @@ class Route:
         finally:
             answer.close()
 
-    def handle(self, doc, log):
-        import numpy as np
+    def handle(self, doc, log=log):
+        """A request's JSON -> (streams, answer): the JSON answer, or the SSE chunks of a stream."""
         model, source, stream, sampling, include_usage = parse(doc, self.which)
         name = model or self.default
         if name not in self.models:
@@ -224,90 +224,106 @@ class Route:
                               code="model_not_found")
         call, template = self.models[name]
         prompt = template.render(source) if self.which == "chat" else source
-        tensors = {"text_input": np.array([prompt.encode()], dtype=object)}
-        inputs = call.info.inputs
-        if "stream" in inputs:   # always: a non-streaming answer is the stream joined, its tokens counted
-            tensors["stream"] = np.array([True], dtype=bool)
-        if "sampling_parameters" in inputs:
-            tensors["sampling_parameters"] = np.array([json.dumps(sampling).encode()], dtype=object)
-        if "exclude_input_in_output" in inputs:
-            tensors["exclude_input_in_output"] = np.array([True], dtype=bool)
-        names = [n for n in ("text_output", "num_input_tokens", "num_output_tokens") if n in call.info.outputs]
-        responses = call.responses(tensors, None)
-        ident = ("chatcmpl-" if self.which == "chat" else "cmpl-") + uuid.uuid4().hex
-        created = int(time.time())
-        state = {"n": 0, "usage": {}}
+        responses = call.responses(request_tensors(call.info.inputs, prompt, sampling), None)
+        completion = Completion(self.which, name, responses, sampling, include_usage)
+        return (True, completion.stream()) if stream else (False, completion.answer())
 
-        def pieces():
-            for outputs in responses:
-                if outputs is None:
-                    continue
-                state["n"] += 1
-                for key in ("num_input_tokens", "num_output_tokens"):
-                    if key in outputs:
-                        state["usage"][key] = int(np.asarray(outputs[key]).reshape(-1)[0])
-                if "text_output" in outputs:
-                    yield "".join(codecs.output_value(outputs["text_output"], "string", False, 0)
-                                  if outputs["text_output"].size == 1 else
-                                  [str(v) for v in codecs.output_value(outputs["text_output"], "array", False, 1)])
 
-        def finish():
-            limit = sampling.get("max_tokens")
-            produced = state["usage"].get("num_output_tokens", state["n"])
-            return "length" if limit is not None and produced >= limit else "stop"
+def request_tensors(inputs, prompt, sampling):
+    """The LLM model's inputs for one prompt (the inputs it has of text_input, stream, sampling_parameters and
+    exclude_input_in_output)."""
+    import numpy as np
+    tensors = {"text_input": np.array([prompt.encode()], dtype=object)}
+    if "stream" in inputs:   # always: a non-streaming answer is the stream joined, its tokens counted
+        tensors["stream"] = np.array([True], dtype=bool)
+    if "sampling_parameters" in inputs:
+        tensors["sampling_parameters"] = np.array([json.dumps(sampling).encode()], dtype=object)
+    if "exclude_input_in_output" in inputs:
+        tensors["exclude_input_in_output"] = np.array([True], dtype=bool)
+    return tensors
 
-        def usage():
-            u = state["usage"]
-            completion = u.get("num_output_tokens", state["n"])
-            if "num_input_tokens" in u:
-                return {"prompt_tokens": u["num_input_tokens"], "completion_tokens": completion,
-                        "total_tokens": u["num_input_tokens"] + completion}
-            return {"completion_tokens": completion}
 
-        obj = "chat.completion" if self.which == "chat" else "text_completion"
-        head = {"id": ident, "object": obj, "created": created, "model": name}
-        gen = pieces()
-        if not stream:
-            try:
-                text = "".join(gen)
-            finally:
-                responses.close()
-            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish()}
-                      if self.which == "chat" else
-                      {"index": 0, "text": text, "finish_reason": finish(), "logprobs": None})
-            return False, dict(head, choices=[choice], usage=usage())
-        try:   # the first piece before the first byte: an error then is an HTTP error
+class Completion:
+    """One completion, as Triton's responses come: its pieces of text, its token counts and finish reason, and the
+    JSON answer or the SSE chunks that carry them. `responses` is closed once it is done with."""
+
+    def __init__(self, which, name, responses, sampling, include_usage):
+        self.which, self.responses, self.sampling, self.include_usage = which, responses, sampling, include_usage
+        self.n, self.counts = 0, {}
+        chat = which == "chat"
+        self.obj, self.chunk_obj = ("chat.completion", "chat.completion.chunk") if chat else ("text_completion",) * 2
+        self.head = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, "object": self.obj,
+                     "created": int(time.time()), "model": name}
+
+    def pieces(self):
+        import numpy as np
+        for outputs in self.responses:
+            if outputs is None:
+                continue
+            self.n += 1
+            for key in ("num_input_tokens", "num_output_tokens"):
+                if key in outputs:
+                    self.counts[key] = int(np.asarray(outputs[key]).reshape(-1)[0])
+            if "text_output" in outputs:
+                text = outputs["text_output"]
+                yield "".join(codecs.output_value(text, "string", False, 0) if text.size == 1 else
+                              [str(v) for v in codecs.output_value(text, "array", False, 1)])
+
+    def finish_reason(self):
+        limit = self.sampling.get("max_tokens")
+        produced = self.counts.get("num_output_tokens", self.n)
+        return "length" if limit is not None and produced >= limit else "stop"
+
+    def usage(self):
+        completion = self.counts.get("num_output_tokens", self.n)
+        if "num_input_tokens" in self.counts:
+            prompt = self.counts["num_input_tokens"]
+            return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+        return {"completion_tokens": completion}
+
+    def answer(self):
+        try:
+            text = "".join(self.pieces())
+        finally:
+            self.responses.close()
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": self.finish_reason()}
+                  if self.which == "chat" else
+                  {"index": 0, "text": text, "finish_reason": self.finish_reason(), "logprobs": None})
+        return dict(self.head, choices=[choice], usage=self.usage())
+
+    def stream(self):
+        """The SSE chunks. The first piece comes before the first byte: an error then is an HTTP error."""
+        gen = self.pieces()
+        try:
             first = next(gen, None)
         except BaseException:
-            responses.close()
+            self.responses.close()
             raise
-        chunk_obj = "chat.completion.chunk" if self.which == "chat" else "text_completion"
+        return self._events([first] if first is not None else [], gen)
 
-        def chunk(delta=None, text=None, finish_reason=None):
+    def _chunk(self, delta=None, text=None, finish_reason=None):
+        if self.which == "chat":
+            choice = {"index": 0, "delta": delta if delta is not None else {}, "finish_reason": finish_reason}
+        else:
+            choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+        return b"data: " + codecs.dumps(dict(self.head, object=self.chunk_obj, choices=[choice])) + b"\n\n"
+
+    def _events(self, first, rest):
+        try:
             if self.which == "chat":
-                choice = {"index": 0, "delta": delta if delta is not None else {}, "finish_reason": finish_reason}
-            else:
-                choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
-            return b"data: " + codecs.dumps(dict(head, object=chunk_obj, choices=[choice])) + b"\n\n"
-
-        def events():
-            try:
-                if self.which == "chat":
-                    yield chunk({"role": "assistant", "content": ""})
-                pieces_left = ([first] if first is not None else [])
-                for piece in _chain(pieces_left, gen):
-                    yield chunk({"content": piece}) if self.which == "chat" else chunk(text=piece)
-                yield chunk(finish_reason=finish())
-                if include_usage:
-                    yield b"data: " + codecs.dumps(dict(head, object=chunk_obj, choices=[], usage=usage())) + b"\n\n"
-                yield b"data: [DONE]\n\n"
-            except ServingError as exc:
-                log.warning("%s: stream ended after %d responses: %s", obj, state["n"], exc.message)
-                yield b"data: " + codecs.dumps(error_body(exc)) + b"\n\n"
-            finally:
-                responses.close()
-
-        return True, events()
+                yield self._chunk({"role": "assistant", "content": ""})
+            for piece in _chain(first, rest):
+                yield self._chunk({"content": piece}) if self.which == "chat" else self._chunk(text=piece)
+            yield self._chunk(finish_reason=self.finish_reason())
+            if self.include_usage:
+                usage = dict(self.head, object=self.chunk_obj, choices=[], usage=self.usage())
+                yield b"data: " + codecs.dumps(usage) + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        except ServingError as exc:
+            log.warning("%s: stream ended after %d responses: %s", self.obj, self.n, exc.message)
+            yield b"data: " + codecs.dumps(error_body(exc)) + b"\n\n"
+        finally:
+            self.responses.close()
 
 
 def _chain(first, rest):

@@ -140,6 +140,13 @@ class Upstream:
 
     def forward(self, environ, method, path):
         """Send the request to Triton; (status line, headers, body iterable) of its answer."""
+        length, first = self._body_start(environ, method)
+        request = self._head(environ, method, path, length) + first
+        response = self._exchange(request, length - len(first), environ["wsgi.input"], method)
+        return self._answer(response, method)
+
+    def _body_start(self, environ, method):
+        """(the body's length, its first block) of the request, within MAX_BODY_MB."""
         length = environ.get("CONTENT_LENGTH")
         body_in = environ["wsgi.input"]
         too_large = f"request body over {self.max_body / (1024 * 1024):g} MB"
@@ -150,14 +157,15 @@ class Upstream:
                 raise errors.BadRequest("Content-Length is not a number") from None
             if length > self.max_body:
                 raise PayloadTooLarge(too_large)
-            first = body_in.read(min(length, BLOCK))
-        elif method == "POST":   # chunked: read up to the limit, then send it with a length
+            return length, body_in.read(min(length, BLOCK))
+        if method == "POST":   # chunked: read up to the limit, then send it with a length
             first = body_in.read(self.max_body + 1)
             if len(first) > self.max_body:
                 raise PayloadTooLarge(too_large)
-            length = len(first)
-        else:
-            length, first = 0, b""
+            return len(first), first
+        return 0, b""
+
+    def _head(self, environ, method, path, length):
         query = environ.get("QUERY_STRING")
         head = [f"{method} {quote(path)}{'?' + query if query else ''} HTTP/1.1\r\n", self.hostheader]
         for key, name in _FORWARD.items():
@@ -167,9 +175,12 @@ class Upstream:
         if length or method == "POST":
             head.append(f"Content-Length: {length}\r\n")
         head.append("\r\n")
-        request = "".join(head).encode("latin-1") + first
-        rest = length - len(first)
-        retry = rest == 0   # a request wholly in hand can go again on a fresh connection
+        return "".join(head).encode("latin-1")
+
+    def _exchange(self, request, rest, body_in, method):
+        """Send the request (and the `rest` of its body, from `body_in`) on a pooled connection; its response.
+        A request wholly in hand goes again once on a fresh connection if the pooled one had closed."""
+        retry = rest == 0
         while True:
             sock = self._socket()
             try:
@@ -193,7 +204,7 @@ class Upstream:
                 self.pool.release_socket(sock)
                 raise
             try:   # from here the response owns the socket, and gives it back itself on any error
-                response = HTTPSocketPoolResponse(sock, self.pool, block_size=BLOCK, method=method)
+                return HTTPSocketPoolResponse(sock, self.pool, block_size=BLOCK, method=method)
             except (HTTPConnectionClosed, ConnectionError) as exc:
                 if retry:
                     retry = False
@@ -203,7 +214,8 @@ class Upstream:
                 raise self._fail("deadline", exc) from None
             except (HTTPParseError, OSError) as exc:
                 raise self._fail("protocol", exc) from None
-            break
+
+    def _answer(self, response, method):
         status = f"{response.status_code} {response.status_message or ''}".rstrip()
         headers = [(k.title(), v) for k, v in response.items() if k not in _HOP]   # names come lower-cased
         size = response.content_length

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from serving import codecs, modelarts
-from serving.app import check_binding
+from serving.routes import check_binding
 from serving.errors import BadRequest, ConfigError
 from serving.triton import ModelInfo
 

@@ -1,0 +1,148 @@
+"""Each config.json api's handler, built once at start-up from its route and its model: a predict route
+(serving/predict.py), a stream (serving/sse.py) or an OpenAI route (serving/openai.py), each with its prebuilt
+Triton call. `Parts` holds what they share: the Triton client, readiness, slots, metrics and the loader."""
+import logging
+import os
+from dataclasses import dataclass
+
+from . import binding, modelarts, openai, sse, triton
+from .errors import ConfigError
+from .metrics import Metrics
+from .predict import Predict
+from .settings import Settings
+
+log = logging.getLogger("serving.app")
+
+
+def check_binding(route, info):
+    """Refuse at start-up a route whose fields do not match its model's tensors."""
+    where = f"{route.method} {route.url} -> model {route.model!r}"
+    names = {f.name for f in route.inputs}
+    for f in route.inputs:
+        if f.name not in info.inputs:
+            raise ConfigError(f"{where}: request property {f.name!r} is not a model input {sorted(info.inputs)}")
+        datatype, shape = info.inputs[f.name]
+        item = shape[1:] if info.batched else shape
+        if f.type == "file" and (datatype != "BYTES" or any(d != 1 for d in item)):
+            raise ConfigError(f"{where}: file property {f.name!r} needs a BYTES input of one element")
+    missing = set(info.inputs) - names
+    if missing:
+        raise ConfigError(f"{where}: model inputs {sorted(missing)} have no request property")
+    for f in route.outputs:
+        if f.name not in info.outputs:
+            raise ConfigError(f"{where}: response property {f.name!r} is not a model output {sorted(info.outputs)}")
+
+
+def make_loader(settings, client, metrics):
+    """On-demand loading's Loader (serving/loading/)."""
+    from .loading import Loader, Memory
+    memory = (Memory(settings.model_memory_budget, settings.model_repository, settings.triton_metrics_url,
+                     settings.loading_dir) if settings.model_memory_budget else None)
+    return Loader(client, settings.loading_dir, settings.models_pinned, settings.max_loaded_models, metrics,
+                  settings.health_timeout_s, memory, settings.model_min_residency_s)
+
+
+@dataclass
+class Parts:
+    """What the routes share, made once per worker."""
+    settings: Settings
+    config: modelarts.ModelArtsConfig
+    client: object
+    routes: list
+    infos: dict                 # (model, version) -> ModelInfo
+    on_file: dict               # on-demand loading: the models read from config.pbtxt (None: Triton loads all)
+    readiness: triton.Readiness
+    slots: dict
+    metrics: Metrics
+    loader: object
+
+    @classmethod
+    def build(cls, settings):
+        config = modelarts.load(settings.modelarts_config)
+        client = triton.client(settings.triton_grpc_url)
+        on_file = triton.loaded_models(settings)   # on-demand loading: bound from config.pbtxt, nothing loaded yet
+        routes, infos = triton.bound_routes(client, config, binding.parse_overrides(settings.model_bindings),
+                                            models=on_file)
+        for route in routes:
+            if not openai.kind(route.url):
+                check_binding(route, infos[(route.model, route.version)])
+        # /health: every bound model; with on-demand loading, the pinned ones (the others load when asked for).
+        watched = infos if on_file is None else [(m, "") for m in settings.models_pinned]
+        readiness = triton.Readiness(client, watched, settings.health_timeout_s, settings.health_cache_s,
+                                     marks=settings.drain_file + ".crashed")
+        slots = dict(zip(infos, triton.slots(len(infos), settings.inflight_per_model)))
+        metrics = Metrics(settings.triton_metrics_url, on_demand=on_file is not None) if settings.metrics else None
+        if metrics is not None:
+            from gevent import monkey
+            if monkey.is_module_patched("socket"):   # a gunicorn worker; elsewhere (tests) each scrape flushes
+                metrics.run_flusher()
+        loader = make_loader(settings, client, metrics) if on_file is not None else None
+        return cls(settings, config, client, routes, infos, on_file, readiness, slots, metrics, loader)
+
+    @property
+    def on_error(self):
+        return self.metrics.triton_error if self.metrics else None
+
+    @property
+    def stream_timeout(self):
+        # A stream ends before gunicorn's drain does (GRACEFUL_TIMEOUT), so that a stop never cuts one without
+        # its final event (serving/sse.py).
+        return max(1.0, min(self.settings.request_timeout_s, self.settings.graceful_timeout_s - 5))
+
+    @property
+    def streaming(self):
+        """The urls of routes to decoupled models."""
+        return {r.url for r in self.routes if self.infos[(r.model, r.version)].decoupled}
+
+    def on_crash_of(self, name):
+        def on_crash(detail):
+            if self.loader is not None:
+                log.error("model %r crashed: %s; it is unloaded and loaded again on its next request", name, detail)
+                self.loader.crashed(name, detail)
+                return
+            log.error("model %r crashed: %s; /health now answers 503 until the container restarts", name, detail)
+            self.readiness.mark_crashed(name, detail)
+        return on_crash
+
+
+def predict_route(parts, route, info):
+    call = triton.InferCall(parts.client, info, [f.name for f in route.outputs], parts.settings.request_timeout_s,
+                            parts.slots[(info.name, info.version)], parts.on_error, parts.on_crash_of(info.name),
+                            parts.loader)
+    return Predict(route, info, call, parts.settings.max_body_bytes)
+
+
+def stream_route(parts, route, info):
+    call = triton.StreamCall(parts.client, info, [f.name for f in route.outputs], parts.stream_timeout,
+                             parts.on_error, parts.loader)
+    return sse.Route(route, info, call, parts.settings.max_body_bytes, parts.settings.stream_heartbeat_s)
+
+
+def openai_route(parts, route, info):
+    if not openai.is_llm(info):
+        raise ConfigError(f"{route.method} {route.url} -> model {info.name!r}: an OpenAI route needs an LLM model "
+                          "(decoupled, with inputs text_input and outputs text_output)")
+    known = parts.on_file if parts.on_file is not None else triton.repository(parts.client)
+    llms = {name: i for name, i in known.items() if openai.is_llm(i)}
+    llms[info.name] = info
+    outputs = ["text_output"] + [n for n in ("num_input_tokens", "num_output_tokens") if n in info.outputs]
+    models = {name: (triton.StreamCall(parts.client, i, [n for n in outputs if n in i.outputs], parts.stream_timeout,
+                                       parts.on_error, parts.loader),
+                     openai.Template(os.path.join(parts.settings.model_repository, name)))
+              for name, i in llms.items()}
+    for name, (_, template) in models.items():
+        log.info("route %s %s: OpenAI %s for model %r (chat template: %s)", route.method, route.url,
+                 openai.kind(route.url), name, template.source)
+    return openai.Route(openai.kind(route.url), info.name, models, parts.settings.max_body_bytes)
+
+
+def handlers(parts):
+    """{(method, url): WSGI handler} of every config.json api."""
+    built = {}
+    for route in parts.routes:
+        info = parts.infos[(route.model, route.version)]
+        make = openai_route if openai.kind(route.url) else stream_route if info.decoupled else predict_route
+        built[(route.method, route.url)] = make(parts, route, info)
+        log.info("route %s %s -> model %r (inputs %s; outputs %s)", route.method, route.url, route.model,
+                 [f.name for f in route.inputs], [f.name for f in route.outputs])
+    return built
