@@ -90,29 +90,10 @@ def start_phase(service, doc, report, wait_limit):
     except (OSError, RuntimeError) as exc:
         report.add("FAIL", "start", f"could not start it: {exc}", "proxy", "see the message")
         return None
-    started = time.monotonic()
     limit = max(wait_limit, budget + 30)
-    ready_at, last = None, "no answer"
-    while time.monotonic() - started < limit:
-        if not service.running():
-            tail = "\n".join(service.log().splitlines()[-15:])
-            report.add("FAIL", "start", f"the service exited before it was ready; its last lines:\n{tail}", "proxy",
-                       "see the log lines above (whole log in build/rehearsal/service.log)")
-            return None
-        resp, took = get(service.url + "/health", timeout)
-        if isinstance(resp, requests.ConnectionError) and mismatch(service, report):
-            return None
-        if isinstance(resp, requests.Response):
-            last = f"{resp.status_code} {resp.text[:200]}"
-            if resp.status_code in P.PROBE_OK:
-                ready_at = time.monotonic() - started
-                if took > timeout:
-                    report.add("FAIL", "/health latency", f"{took:.1f} s", "probe_timeout",
-                               "make /health cheap (it must not wait on the model)")
-                break
-        else:
-            last = type(resp).__name__
-        time.sleep(0.25)
+    ready_at, last = _wait_ready(service, report, limit, timeout)
+    if ready_at is False:
+        return None
     if ready_at is None:
         report.add("FAIL", "time to ready", f"not ready after {limit:.0f} s (last /health: {last}); the probes "
                    f"give up at {budget} s and restart it, again and again", "startup",
@@ -130,7 +111,39 @@ def start_phase(service, doc, report, wait_limit):
                    f"{threshold}): all {threshold} fail and the platform restarts the instance, in a loop", "startup",
                    f'in config.json\'s health block set "initial_delay_seconds": {need} (or more '
                    "failure_threshold), or make start-up faster")
-    # Liveness after ready: a few probes, each 2xx-3xx, JSON, within timeout_seconds.
+    _liveness(service, timeout, report)
+    return probes
+
+
+def _wait_ready(service, report, limit, timeout):
+    """Poll /health until it first answers ready: (seconds to ready, or None if it never did, or False if the
+    service exited or speaks the other protocol; the last answer seen)."""
+    started = time.monotonic()
+    last = "no answer"
+    while time.monotonic() - started < limit:
+        if not service.running():
+            tail = "\n".join(service.log().splitlines()[-15:])
+            report.add("FAIL", "start", f"the service exited before it was ready; its last lines:\n{tail}", "proxy",
+                       "see the log lines above (whole log in build/rehearsal/service.log)")
+            return False, last
+        resp, took = get(service.url + "/health", timeout)
+        if isinstance(resp, requests.ConnectionError) and mismatch(service, report):
+            return False, last
+        if isinstance(resp, requests.Response):
+            last = f"{resp.status_code} {resp.text[:200]}"
+            if resp.status_code in P.PROBE_OK:
+                if took > timeout:
+                    report.add("FAIL", "/health latency", f"{took:.1f} s", "probe_timeout",
+                               "make /health cheap (it must not wait on the model)")
+                return time.monotonic() - started, last
+        else:
+            last = type(resp).__name__
+        time.sleep(0.25)
+    return None, last
+
+
+def _liveness(service, timeout, report):
+    """Liveness after ready: a few probes, each 2xx-3xx, JSON, within timeout_seconds."""
     seen = []
     for _ in range(5):
         resp, took = get(service.url + "/health", timeout)
@@ -141,7 +154,6 @@ def start_phase(service, doc, report, wait_limit):
     report.add("FAIL" if bad else "PASS", "/health while ready", f"{len(seen) - len(bad)}/{len(seen)} probes OK, "
                f"slowest {worst * 1000:.0f} ms" + (f"; got {bad}" if bad else ""),
                "probe_status", "" if not bad else "see build/rehearsal/service.log")
-    return probes
 
 
 def model_inputs(service):
@@ -212,77 +224,90 @@ def body_size(kwargs):
 
 
 def calls_phase(service, apis, samples, report):
-    """Every api once, as a client would; returns {url: (kwargs, answer)} for the apis that answered right."""
-    import jsonschema
+    """Every api once, as a client would; returns {url: (api, kwargs, answer)} for the apis that answered right."""
     shapes, streams = model_inputs(service)
     answered = {}
     for api in apis:
-        where = f"{str(api.get('method', 'post')).upper()} {api['url']}"
         mark = len(report.findings)
-        kwargs, missing = payloads.build(api, shapes.get(api["url"], {}), samples)
-        if missing:
-            files = " ".join(f"{m}=path/to/file" for m in missing)
-            report.add("FAIL", f"{where}: request", f"give a sample for field {', '.join(map(repr, missing))}",
-                       "sample", f'make rehearse SAMPLES="{files}"')
-            continue
-        size = body_size(kwargs)
-        if size > P.APIG_BODY_MB * MB:
-            report.add("FAIL", f"{where}: request size", f"{size / MB:.1f} MB", "body_apig", "send a smaller body")
-        elif size > P.CONSOLE_BODY_MB * MB:
-            report.add("WARN", f"{where}: request size", f"{size / MB:.1f} MB", "body_console",
-                       "the console cannot send it; clients through APIG can")
-        resp, took, exc = call(service, api, kwargs, P.SYNC_TIMEOUT_S + 10)
-        if resp is None:
-            report.add("FAIL", f"{where}: answer", f"no answer after {took:.1f} s ({type(exc).__name__})", "sync_time",
-                       "see build/rehearsal/service.log")
-            continue
-        if took > P.SYNC_TIMEOUT_S:
-            report.add("FAIL", f"{where}: latency", f"{took:.1f} s", "sync_time", "answer well within 40 s")
-        elif took > P.APIG_TIMEOUT_S:
-            report.add("FAIL", f"{where}: latency", f"{took:.1f} s", "apig_time",
-                       "answer within 40 s (a smaller batch, a faster model), or use an asynchronous batch service")
-        else:
-            report.add("PASS", f"{where}: latency", f"{took * 1000:.0f} ms (APIG allows {P.APIG_TIMEOUT_S} s)",
-                       "apig_time")
-        if resp.status_code != 200:
-            report.add("FAIL", f"{where}: status", f"{resp.status_code} {resp.text[:300]}", "status",
-                       "see build/rehearsal/service.log" + (f"; sent {json.dumps(kwargs['json'])[:200]}"
-                                                            if "json" in kwargs else ""))
-            continue
-        length = len(resp.content)
-        if length > P.CONSOLE_BODY_MB * MB:
-            report.add("WARN", f"{where}: response size", f"{length / MB:.1f} MB", "body_console",
-                       "the console's Prediction tab shows at most 8 MB; answer with less (or a URL on OBS)")
-        try:
-            answer = resp.json()
-            jsonschema.validate(answer, api["response"]["data"])
-        except ValueError as exc:
-            report.add("FAIL", f"{where}: response schema", f"not JSON: {exc}", "schema", "answer with JSON")
-            continue
-        except jsonschema.ValidationError as exc:
-            report.add("FAIL", f"{where}: response schema", f"{exc.message} at {list(exc.absolute_path)}", "schema",
-                       "make the response schema describe what the model answers (make config writes it)")
-            continue
-        sent = (", ".join(f"{k}={v[0]}" for k, v in kwargs.get("files", {}).items())
-                or json.dumps(kwargs.get("json", kwargs.get("data")))[:120])
-        shown = f" -> {resp.text}" if length <= 120 else ""
-        report.add("PASS", f"{where}: answer", f"200, {length} bytes, valid against the response schema "
-                   f"(sent {sent}){shown}", "schema")
-        if api["url"] in streams:
-            streamed_call(service, api, kwargs, report, where)
-        bad = payloads.malformed(api)
-        resp, _, _ = call(service, api, bad, 30)
-        ok = resp is not None and 400 <= resp.status_code < 500 and _is_error_json(resp)
-        report.add("PASS" if ok else "FAIL", f"{where}: malformed body",
-                   f"{resp.status_code} {resp.text[:160]}" if resp is not None else "no answer", "bad_input",
-                   "" if ok else "answer bad input with a 4xx JSON error")
-        if not any(f.level == "FAIL" for f in report.findings[mark:]):   # the rolling upgrade loads what passed
-            answered[api["url"]] = (api, kwargs, answer)
+        got = _call_api(service, api, shapes.get(api["url"], {}), api["url"] in streams, samples, report)
+        if got is not None and not any(f.level == "FAIL" for f in report.findings[mark:]):
+            answered[api["url"]] = got   # the rolling upgrade loads what passed
     resp, _ = get(service.url + "/health", 5)
     healthy = isinstance(resp, requests.Response) and resp.status_code == 200
     report.add("PASS" if healthy else "FAIL", "/health after the calls",
                resp.status_code if isinstance(resp, requests.Response) else type(resp).__name__, "bad_input")
     return answered
+
+
+def _call_api(service, api, shapes, streams, samples, report):
+    """One api's call, its stream if it has one, and a malformed body: (api, kwargs, answer), or None."""
+    where = f"{str(api.get('method', 'post')).upper()} {api['url']}"
+    kwargs, missing = payloads.build(api, shapes, samples)
+    if missing:
+        files = " ".join(f"{m}=path/to/file" for m in missing)
+        report.add("FAIL", f"{where}: request", f"give a sample for field {', '.join(map(repr, missing))}",
+                   "sample", f'make rehearse SAMPLES="{files}"')
+        return None
+    size = body_size(kwargs)
+    if size > P.APIG_BODY_MB * MB:
+        report.add("FAIL", f"{where}: request size", f"{size / MB:.1f} MB", "body_apig", "send a smaller body")
+    elif size > P.CONSOLE_BODY_MB * MB:
+        report.add("WARN", f"{where}: request size", f"{size / MB:.1f} MB", "body_console",
+                   "the console cannot send it; clients through APIG can")
+    resp, took, exc = call(service, api, kwargs, P.SYNC_TIMEOUT_S + 10)
+    if resp is None:
+        report.add("FAIL", f"{where}: answer", f"no answer after {took:.1f} s ({type(exc).__name__})", "sync_time",
+                   "see build/rehearsal/service.log")
+        return None
+    if took > P.SYNC_TIMEOUT_S:
+        report.add("FAIL", f"{where}: latency", f"{took:.1f} s", "sync_time", "answer well within 40 s")
+    elif took > P.APIG_TIMEOUT_S:
+        report.add("FAIL", f"{where}: latency", f"{took:.1f} s", "apig_time",
+                   "answer within 40 s (a smaller batch, a faster model), or use an asynchronous batch service")
+    else:
+        report.add("PASS", f"{where}: latency", f"{took * 1000:.0f} ms (APIG allows {P.APIG_TIMEOUT_S} s)",
+                   "apig_time")
+    ok, answer = _check_answer(resp, api, kwargs, where, report)
+    if not ok:
+        return None
+    if streams:
+        streamed_call(service, api, kwargs, report, where)
+    resp, _, _ = call(service, api, payloads.malformed(api), 30)
+    ok = resp is not None and 400 <= resp.status_code < 500 and _is_error_json(resp)
+    report.add("PASS" if ok else "FAIL", f"{where}: malformed body",
+               f"{resp.status_code} {resp.text[:160]}" if resp is not None else "no answer", "bad_input",
+               "" if ok else "answer bad input with a 4xx JSON error")
+    return api, kwargs, answer
+
+
+def _check_answer(resp, api, kwargs, where, report):
+    """The answer's status, size and schema: (True, its JSON) when it is right, else (False, None) and a FAIL."""
+    import jsonschema
+    if resp.status_code != 200:
+        report.add("FAIL", f"{where}: status", f"{resp.status_code} {resp.text[:300]}", "status",
+                   "see build/rehearsal/service.log" + (f"; sent {json.dumps(kwargs['json'])[:200]}"
+                                                        if "json" in kwargs else ""))
+        return False, None
+    length = len(resp.content)
+    if length > P.CONSOLE_BODY_MB * MB:
+        report.add("WARN", f"{where}: response size", f"{length / MB:.1f} MB", "body_console",
+                   "the console's Prediction tab shows at most 8 MB; answer with less (or a URL on OBS)")
+    try:
+        answer = resp.json()
+        jsonschema.validate(answer, api["response"]["data"])
+    except ValueError as exc:
+        report.add("FAIL", f"{where}: response schema", f"not JSON: {exc}", "schema", "answer with JSON")
+        return False, None
+    except jsonschema.ValidationError as exc:
+        report.add("FAIL", f"{where}: response schema", f"{exc.message} at {list(exc.absolute_path)}", "schema",
+                   "make the response schema describe what the model answers (make config writes it)")
+        return False, None
+    sent = (", ".join(f"{k}={v[0]}" for k, v in kwargs.get("files", {}).items())
+            or json.dumps(kwargs.get("json", kwargs.get("data")))[:120])
+    shown = f" -> {resp.text}" if length <= 120 else ""
+    report.add("PASS", f"{where}: answer", f"200, {length} bytes, valid against the response schema "
+               f"(sent {sent}){shown}", "schema")
+    return True, answer
 
 
 def _is_error_json(resp):
@@ -297,19 +322,25 @@ def _stable(answer):
     return {k: v for k, v in answer.items() if k not in ("id", "created")} if isinstance(answer, dict) else answer
 
 
-def upgrade_phase(service, answered, probes, report):
-    """Load on every api that answered, SIGTERM, and judge the drain."""
-    import jsonschema
-    grace, period = service.grace, probes["period_seconds"]
-    records, lock, stop_sending = [], threading.Lock(), threading.Event()
-    expected = {url: answer for url, (_, _, answer) in answered.items()}
+class _Load:
+    """Two clients per api, each in a loop on its own keep-alive session, recording (sent, done, outcome, url,
+    same answer as the first) until stopped."""
 
-    def client(api, kwargs):
+    def __init__(self, service, answered):
+        self.service, self.records, self.lock, self.stop = service, [], threading.Lock(), threading.Event()
+        self.expected = {url: answer for url, (_, _, answer) in answered.items()}
+        self.threads = [threading.Thread(target=self.client, args=(api, kwargs), daemon=True)
+                        for api, kwargs, _ in answered.values() for _ in range(2)]
+        for t in self.threads:
+            t.start()
+
+    def client(self, api, kwargs):
+        import jsonschema
         with requests.Session() as s:
-            while not stop_sending.is_set():
+            while not self.stop.is_set():
                 sent = time.monotonic()
                 try:
-                    resp = s.request(str(api.get("method", "post")).upper(), service.url + api["url"],
+                    resp = s.request(str(api.get("method", "post")).upper(), self.service.url + api["url"],
                                      timeout=P.SYNC_TIMEOUT_S + P.DRAIN_S, verify=False, **kwargs)
                     ok = resp.status_code == 200
                     if ok:
@@ -318,39 +349,32 @@ def upgrade_phase(service, answered, probes, report):
                         except (ValueError, jsonschema.ValidationError):
                             ok = False
                     outcome = resp.status_code if ok else f"{resp.status_code} {resp.text[:100]}"
-                    same = ok and _stable(resp.json()) == _stable(expected[api["url"]])
+                    same = ok and _stable(resp.json()) == _stable(self.expected[api["url"]])
                 except requests.RequestException as exc:
                     outcome, same = type(exc).__name__, False
-                with lock:
-                    records.append((sent, time.monotonic(), outcome, api["url"], same))
+                with self.lock:
+                    self.records.append((sent, time.monotonic(), outcome, api["url"], same))
 
-    threads = [threading.Thread(target=client, args=(api, kwargs), daemon=True)
-               for api, kwargs, _ in answered.values() for _ in range(2)]
-    for t in threads:
-        t.start()
+    def finish(self):
+        self.stop.set()
+        for t in self.threads:
+            t.join(P.SYNC_TIMEOUT_S + P.DRAIN_S)
+
+
+def upgrade_phase(service, answered, probes, report):
+    """Load on every api that answered, SIGTERM, and judge the drain."""
+    grace, period = service.grace, probes["period_seconds"]
+    load = _Load(service, answered)
     time.sleep(2)
     term = time.monotonic()
     service.terminate()
-    flipped = None
-    while time.monotonic() - term < period + 5:
-        resp, _ = get(service.url + "/health", 2)
-        if not (isinstance(resp, requests.Response) and resp.status_code in range(200, 300)):
-            flipped = time.monotonic() - term
-            what = resp.status_code if isinstance(resp, requests.Response) else type(resp).__name__
-            break
-        time.sleep(0.1)
-    if flipped is not None and flipped <= period:
-        report.add("PASS", "/health after SIGTERM", f"{what} after {flipped:.1f} s (period {period} s)", "drain_health")
-    else:
-        report.add("FAIL", "/health after SIGTERM", "still 2xx" if flipped is None else f"{what} after {flipped:.1f} s",
-                   "drain_health", "run.sh flips /health to 503 at once on SIGTERM; keep that in your entry")
+    _health_flip(service, term, period, report)
     time.sleep(max(0.0, term + grace - 0.5 - time.monotonic()))
-    stop_sending.set()
+    load.stop.set()
     status = service.wait(grace + P.DRAIN_S + 15 - (time.monotonic() - term))
     stopped = time.monotonic() - term
-    for t in threads:
-        t.join(P.SYNC_TIMEOUT_S + P.DRAIN_S)
-    after = [r for r in records if r[1] >= term]
+    load.finish()
+    after = [r for r in load.records if r[1] >= term]
     wrong = [r for r in after if r[2] != 200 and r[0] < term + grace - 0.5]
     report.add("FAIL" if wrong or not after else "PASS", "requests during the stop",
                f"{len(after) - len(wrong)}/{len(after)} answered 200 with a valid body over {len(answered)} api(s)"
@@ -370,7 +394,24 @@ def upgrade_phase(service, answered, probes, report):
         report.add("PASS" if status == 0 else "FAIL", "exit status", status, "exit")
 
 
-def main(argv=None):
+def _health_flip(service, term, period, report):
+    """/health must leave 2xx within one probe period of the SIGTERM at `term`."""
+    flipped = None
+    while time.monotonic() - term < period + 5:
+        resp, _ = get(service.url + "/health", 2)
+        if not (isinstance(resp, requests.Response) and resp.status_code in range(200, 300)):
+            flipped = time.monotonic() - term
+            what = resp.status_code if isinstance(resp, requests.Response) else type(resp).__name__
+            break
+        time.sleep(0.1)
+    if flipped is not None and flipped <= period:
+        report.add("PASS", "/health after SIGTERM", f"{what} after {flipped:.1f} s (period {period} s)", "drain_health")
+    else:
+        report.add("FAIL", "/health after SIGTERM", "still 2xx" if flipped is None else f"{what} after {flipped:.1f} s",
+                   "drain_health", "run.sh flips /health to 503 at once on SIGTERM; keep that in your entry")
+
+
+def arguments(argv=None):
     parser = argparse.ArgumentParser(prog="make rehearse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     env = os.environ.get
@@ -386,7 +427,30 @@ def main(argv=None):
     parser.add_argument("--static-only", action="store_true", help="phase 1 only")
     parser.add_argument("--startup-wait", type=float, default=float(env("REHEARSE_STARTUP_WAIT") or 600),
                         help="how long to wait for the first 200 from /health")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def _live(service, doc, apis, samples, args, report):
+    """The phases that run the service: start and probes, calls, the rolling upgrade."""
+    report.phase("start and probes")
+    report.add("INFO", "service", service.where)
+    if args.grace != P.GRACE_S:
+        report.add("INFO", "grace period", f"{args.grace} s (REHEARSE_GRACE), where the platform gives "
+                   f"{P.GRACE_S} s: the rolling upgrade below is rehearsed with {args.grace} s")
+    probes = start_phase(service, doc, report, args.startup_wait)
+    if probes is not None:
+        report.phase("calls")
+        answered = calls_phase(service, apis, samples, report)
+        report.phase("rolling upgrade")
+        if answered:
+            upgrade_phase(service, answered, probes, report)
+        else:
+            report.add("FAIL", "rolling upgrade", "not rehearsed: no api passed its call", "drain_serve",
+                       "fix the calls above")
+
+
+def main(argv=None):
+    args = arguments(argv)
     os.makedirs(args.out, exist_ok=True)
     path = config_path(args)
     target = (f"config {path}; model repository {args.model_repository or 'model_repository/ (shipped)'}; "
@@ -419,23 +483,8 @@ def main(argv=None):
         service = Local(log_path, args.grace, args.model_repository, path)
     if static.protocol(doc) == "https":   # the platform calls the container in its apis' protocol
         service.url = service.url.replace("http://", "https://", 1)
-    samples = payloads.parse_samples(args.samples)
     try:
-        report.phase("start and probes")
-        report.add("INFO", "service", service.where)
-        if args.grace != P.GRACE_S:
-            report.add("INFO", "grace period", f"{args.grace} s (REHEARSE_GRACE), where the platform gives "
-                       f"{P.GRACE_S} s: the rolling upgrade below is rehearsed with {args.grace} s")
-        probes = start_phase(service, doc, report, args.startup_wait)
-        if probes is not None:
-            report.phase("calls")
-            answered = calls_phase(service, apis, samples, report)
-            report.phase("rolling upgrade")
-            if answered:
-                upgrade_phase(service, answered, probes, report)
-            else:
-                report.add("FAIL", "rolling upgrade", "not rehearsed: no api passed its call", "drain_serve",
-                           "fix the calls above")
+        _live(service, doc, apis, payloads.parse_samples(args.samples), args, report)
     finally:
         service.close()
     return 1 if report.finish(args.out, target)["verdict"] == "FAIL" else 0

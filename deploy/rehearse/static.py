@@ -55,6 +55,29 @@ def check_config(doc, report):
         report.add("FAIL", "config.json", "not a JSON object", P.NONCONFORMING)
         return []
     before = len(report.findings)
+    ok = _check_top(doc, report)
+    apis = doc.get("apis")
+    if not isinstance(apis, list) or not apis:
+        report.add("FAIL", "config.json: apis", "none declared", "content_type", "declare one api per predict URL")
+        apis = []
+    good, urls = [], {}
+    for i, api in enumerate(apis):
+        if _check_api(i, api, report):
+            good.append(api)
+        if isinstance(api, dict) and isinstance(api.get("url"), str):
+            urls.setdefault(api["url"], []).append(i)
+    for url, where in urls.items():
+        if len(where) > 1:
+            report.add("FAIL", f"url {url}", f"declared by apis {where}", "urls", "give each api its own url")
+            good = [a for a in good if a.get("url") != url]
+    _check_health(doc, urls, report)
+    if ok and good and len(good) == len(apis) and not any(f.level == "FAIL" for f in report.findings[before:]):
+        report.add("PASS", "config.json", f"{len(apis)} api(s), only documented fields", "keys")
+    return good
+
+
+def _check_top(doc, report):
+    """The top-level keys, model_algorithm and model_type: True when they are right."""
     ok = _unknown(report, "config.json", doc, P.TOP_KEYS,
                   " (a binding to a Triton model goes in MODEL_BINDINGS, outside config.json)")
     for key in ("model_algorithm", "model_type"):
@@ -70,89 +93,82 @@ def check_config(doc, report):
     if doc.get("model_type") not in (None, "", "Image"):
         report.add("WARN", "config.json: model_type", repr(doc["model_type"]), "required",
                    'a custom image is model_type "Image"')
-    apis = doc.get("apis")
-    if not isinstance(apis, list) or not apis:
-        report.add("FAIL", "config.json: apis", "none declared", "content_type", "declare one api per predict URL")
-        apis = []
-    good, urls = [], {}
-    for i, api in enumerate(apis):
-        where = f"apis[{i}]"
-        if not isinstance(api, dict):
-            report.add("FAIL", where, "not an object", P.NONCONFORMING)
-            continue
-        url, method = api.get("url"), str(api.get("method", "")).lower()
-        if isinstance(url, str):
-            where = f"apis[{i}] {method.upper() or '?'} {url}"
-        fine = _unknown(report, where, api, P.API_KEYS)
-        if not isinstance(url, str) or not url.startswith("/"):
-            fine = False
-            report.add("FAIL", f"{where}: url", repr(url), P.NONCONFORMING, "a path starting with /")
-        if method not in P.METHODS:
-            fine = False
-            report.add("FAIL", f"{where}: method", repr(api.get("method")), P.NONCONFORMING,
-                       f"one of {', '.join(P.METHODS)}")
-        if str(api.get("protocol", "")).lower() not in ("http", "https"):
-            fine = False
-            report.add("FAIL", f"{where}: protocol", repr(api.get("protocol")), P.NONCONFORMING, '"http" or "https"')
-        if isinstance(url, str):
-            urls.setdefault(url, []).append(i)
-        for side in ("request", "response"):
-            block = api.get(side)
-            if not isinstance(block, dict):
-                fine = False
-                report.add("FAIL", f"{where}: {side}", "missing", "content_type",
-                           f'add "{side}": {{"Content-type": ..., "data": {{...}}}}')
-                continue
-            fine = _unknown(report, f"{where}: {side}", block, P.BLOCK_KEYS) and fine
-            ctype = block.get("Content-type")
-            if ctype is None:
-                fine = False
-                spelled = [k for k in block if k.lower() == "content-type"]
-                report.add("FAIL", f"{where}: {side}.Content-type",
-                           f"missing{' (spelled ' + repr(spelled[0]) + ')' if spelled else ''}", "content_type",
-                           f'add "Content-type": "{P.CONTENT_TYPES[0 if side == "response" else 1]}" '
-                           "(this spelling)")
-            elif ctype not in P.CONTENT_TYPES:
-                fine = False
-                report.add("FAIL", f"{where}: {side}.Content-type", repr(ctype), "content_type",
-                           " or ".join(P.CONTENT_TYPES))
-            problem = _schema_problem(block.get("data"))
-            if problem:
-                fine = False
-                report.add("FAIL", f"{where}: {side}.data", problem, "content_type",
-                           '{"type": "object", "properties": {...}}')
-        if fine:
-            good.append(api)
-    for url, where in urls.items():
-        if len(where) > 1:
-            report.add("FAIL", f"url {url}", f"declared by apis {where}", "urls", "give each api its own url")
-            good = [a for a in good if a.get("url") != url]
+    return ok
+
+
+def _check_api(i, api, report):
+    """apis[i]: True when it is well formed enough to call."""
+    where = f"apis[{i}]"
+    if not isinstance(api, dict):
+        report.add("FAIL", where, "not an object", P.NONCONFORMING)
+        return False
+    url, method = api.get("url"), str(api.get("method", "")).lower()
+    if isinstance(url, str):
+        where = f"apis[{i}] {method.upper() or '?'} {url}"
+    fine = _unknown(report, where, api, P.API_KEYS)
+    if not isinstance(url, str) or not url.startswith("/"):
+        fine = False
+        report.add("FAIL", f"{where}: url", repr(url), P.NONCONFORMING, "a path starting with /")
+    if method not in P.METHODS:
+        fine = False
+        report.add("FAIL", f"{where}: method", repr(api.get("method")), P.NONCONFORMING,
+                   f"one of {', '.join(P.METHODS)}")
+    if str(api.get("protocol", "")).lower() not in ("http", "https"):
+        fine = False
+        report.add("FAIL", f"{where}: protocol", repr(api.get("protocol")), P.NONCONFORMING, '"http" or "https"')
+    for side in ("request", "response"):
+        fine = _check_block(f"{where}: {side}", side, api.get(side), report) and fine
+    return fine
+
+
+def _check_block(where, side, block, report):
+    """An api's request or response block: True when it is right."""
+    if not isinstance(block, dict):
+        report.add("FAIL", where, "missing", "content_type", f'add "{side}": {{"Content-type": ..., "data": {{...}}}}')
+        return False
+    fine = _unknown(report, where, block, P.BLOCK_KEYS)
+    ctype = block.get("Content-type")
+    if ctype is None:
+        fine = False
+        spelled = [k for k in block if k.lower() == "content-type"]
+        found = f"missing{' (spelled ' + repr(spelled[0]) + ')' if spelled else ''}"
+        report.add("FAIL", f"{where}.Content-type", found, "content_type",
+                   f'add "Content-type": "{P.CONTENT_TYPES[0 if side == "response" else 1]}" (this spelling)')
+    elif ctype not in P.CONTENT_TYPES:
+        fine = False
+        report.add("FAIL", f"{where}.Content-type", repr(ctype), "content_type", " or ".join(P.CONTENT_TYPES))
+    problem = _schema_problem(block.get("data"))
+    if problem:
+        fine = False
+        report.add("FAIL", f"{where}.data", problem, "content_type", '{"type": "object", "properties": {...}}')
+    return fine
+
+
+def _check_health(doc, urls, report):
     health = doc.get("health")
     if health is None:
         report.add("WARN", "health", "no health block", "health",
                    'add "health": {"url": "/health", "protocol": "http", "initial_delay_seconds": ..., '
                    '"timeout_seconds": ...}')
-    elif not isinstance(health, dict):
+        return
+    if not isinstance(health, dict):
         report.add("FAIL", "health", "not an object", P.NONCONFORMING)
-    else:
-        _unknown(report, "health", health, P.HEALTH_KEYS)
-        if health.get("url", "/health") != "/health":
-            report.add("FAIL", "health.url", repr(health.get("url")), "health_url", 'set "url": "/health"')
-        if str(health.get("protocol", "http")).lower() != "http":
-            report.add("FAIL", "health.protocol", repr(health.get("protocol")), "health_url", 'set "protocol": "http"')
-        elif protocol(doc) == "https":
-            report.add("WARN", "health.protocol", '"http" while the apis say https', "health_https",
-                       "create the model with the container API protocol HTTPS, and check after the deployment "
-                       "that the platform's health check reaches /health (the service answers it over HTTPS)")
-        for key in ("initial_delay_seconds", "timeout_seconds", "period_seconds", "failure_threshold"):
-            value = health.get(key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-                report.add("FAIL", f"health.{key}", repr(value), P.NONCONFORMING, "a whole number of seconds")
-        if "/health" in urls:
-            report.add("FAIL", "url /health", "an api takes the health URL", "urls", "give the api another url")
-    if ok and good and len(good) == len(apis) and not any(f.level == "FAIL" for f in report.findings[before:]):
-        report.add("PASS", "config.json", f"{len(apis)} api(s), only documented fields", "keys")
-    return good
+        return
+    _unknown(report, "health", health, P.HEALTH_KEYS)
+    if health.get("url", "/health") != "/health":
+        report.add("FAIL", "health.url", repr(health.get("url")), "health_url", 'set "url": "/health"')
+    if str(health.get("protocol", "http")).lower() != "http":
+        report.add("FAIL", "health.protocol", repr(health.get("protocol")), "health_url", 'set "protocol": "http"')
+    elif protocol(doc) == "https":
+        report.add("WARN", "health.protocol", '"http" while the apis say https', "health_https",
+                   "create the model with the container API protocol HTTPS, and check after the deployment "
+                   "that the platform's health check reaches /health (the service answers it over HTTPS)")
+    for key in ("initial_delay_seconds", "timeout_seconds", "period_seconds", "failure_threshold"):
+        value = health.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            report.add("FAIL", f"health.{key}", repr(value), P.NONCONFORMING, "a whole number of seconds")
+    if "/health" in urls:
+        report.add("FAIL", "url /health", "an api takes the health URL", "urls", "give the api another url")
 
 
 def check_proxy(path, report):
