@@ -5,7 +5,6 @@ The other address is a network namespace that this test makes, joined to this ma
 addresses of its own; both are removed at the end. No traffic leaves this machine.
 """
 import json
-import os
 import subprocess
 import sys
 

@@ -1,11 +1,15 @@
-"""The code's layers: no module of serving/, deploy/ or benchmarks/ imports another that imports it back, directly or
-through others (imports inside functions count too). Read from the source with ast; nothing is imported."""
+"""The code's shape, read from the source with ast (nothing is imported):
+- its layers: no module of serving/, deploy/ or benchmarks/ imports another that imports it back, directly or
+  through others (imports inside functions count too);
+- its rooms: no class longer than 250 lines and no function longer than 60, in serving/ and deploy/. A unit that
+  must be longer says why in a comment on its first line that starts with "# longer:"."""
 import ast
 import os
 
 from conftest import ROOT
 
 PACKAGES = ("serving", "deploy", "benchmarks")
+LIMITS = (("serving", "deploy"), {ast.ClassDef: 250, ast.FunctionDef: 60, ast.AsyncFunctionDef: 60})
 
 
 def modules():
@@ -75,3 +79,37 @@ def test_no_module_imports_one_that_imports_it_back():
 def test_the_walk_finds_a_circle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def units(known):
+    """[(lines, limit, "module.Unit", excused)] of every class and function in the limited packages."""
+    packages, limits = LIMITS
+    found = []
+    for name, path in known.items():
+        if name.split(".")[0] not in packages:
+            continue
+        source = open(path).read()
+        lines = source.splitlines()
+        for node in ast.walk(ast.parse(source, path)):
+            if type(node) in limits:
+                excused = "# longer:" in lines[node.lineno - 1]
+                found.append((node.end_lineno - node.lineno + 1, limits[type(node)], f"{name}.{node.name}", excused))
+    return sorted(found, reverse=True)
+
+
+def test_no_class_over_250_lines_and_no_function_over_60():
+    found = units(modules())
+    longest = {kind: next(f"{unit} ({size} lines)" for size, limit, unit, _ in found if limit == lim)
+               for kind, lim in (("class", 250), ("function", 60))}
+    print("the longest:", longest)
+    over = [f"{unit}: {size} lines, over {limit}" for size, limit, unit, excused in found
+            if size > limit and not excused]
+    assert over == [], over
+
+
+def test_the_length_walk_counts_a_long_function(tmp_path):
+    (tmp_path / "serving").mkdir()
+    body = "\n".join(f"    x{i} = {i}" for i in range(61))
+    (tmp_path / "serving" / "long.py").write_text(f"def f():\n{body}\n\n\ndef g():  # longer: a table\n{body}\n")
+    assert units({"serving.long": str(tmp_path / "serving" / "long.py")}) == [
+        (62, 60, "serving.long.g", True), (62, 60, "serving.long.f", False)]

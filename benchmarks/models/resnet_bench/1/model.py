@@ -3,7 +3,6 @@
 The GPU where Triton gives one, else the CPU. The output is deterministic for a given input, so the bench can
 check every answer against the first.
 """
-import os
 import sys
 
 import numpy as np
