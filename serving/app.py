@@ -13,7 +13,7 @@ import time
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import codecs, openapi, routes, v2
+from . import codecs, openai, openapi, routes, v2
 from .errors import ServingError
 from .front import Front
 from .settings import Settings
@@ -37,7 +37,9 @@ def create_app(settings=None):
         upstream = v2.Upstream("127.0.0.1", settings.triton_http_port, settings.v2_connections,
                                settings.request_timeout_s, settings.max_body_bytes, parts.on_error)
     urls = [config.health_url, "/openapi.json", "/metrics"] + [r.url for r in parts.routes]
-    app.wsgi_app = Front(app.wsgi_app, upstream, parts.metrics, urls, handlers, v2_hold(parts))
+    v1 = {key: h for key, h in handlers.items() if isinstance(h, openai.Handler)}
+    app.wsgi_app = Front(app.wsgi_app, upstream, parts.metrics, urls, handlers, v2_hold(parts),
+                         openai.Elsewhere(v1) if v1 else None)
     app.extensions["serving.upstream"] = upstream
     return app
 

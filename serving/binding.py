@@ -4,8 +4,8 @@
    ModelArts' keys), or an api's own `"x-triton"` key in configs written before these rules;
 2. the URL's last path segment is the name of a model in Triton's repository (`/v1/mnist` -> `mnist`);
 3. the one model whose inputs are exactly the request's properties and whose outputs include the response's; for an
-   OpenAI route (/v1/chat/completions, /v1/completions: serving/openai.py), the one LLM model (decoupled, with
-   text_input and text_output).
+   OpenAI route (serving/openai.py), the one LLM model (decoupled, with text_input and text_output) for
+   /v1/chat/completions and /v1/completions, the one embedding model for /v1/embeddings, either for /v1/models.
 
 Otherwise start-up stops with a message that names the candidates and the setting that decides.
 """
@@ -46,12 +46,19 @@ def bind(routes, models, overrides=None):
         elif route.model:
             model, version = route.model, route.version
         elif openai.kind(route.url):
-            # An OpenAI route (/v1/chat/completions, /v1/completions): the one LLM model of the repository.
-            found = sorted(name for name, info in models.items() if openai.is_llm(info))
+            # An OpenAI route: the one LLM model of the repository (the one embedding model for /v1/embeddings;
+            # the list of models has no model of its own: the first LLM or embedding model stands for it).
+            which = openai.kind(route.url)
+            test, what_kind = ((openai.is_embedding, "embedding model (one text input, one FP32 vector output)")
+                               if which == "embeddings" else
+                               (openai.is_llm, "LLM model (decoupled, text_input -> text_output)"))
+            found = sorted(name for name, info in models.items() if test(info))
+            if which == "models":
+                found = (found or sorted(n for n, i in models.items() if openai.is_embedding(i)))[:1]
+                what_kind = "LLM or embedding model"
             if len(found) != 1:
-                what = (f"several LLM models (decoupled, text_input -> text_output): {found}" if found else
-                        f"no model is an LLM model (decoupled, text_input -> text_output); Triton serves "
-                        f"{sorted(models)}")
+                what = (f"several models are an {what_kind}: {found}" if found else
+                        f"no model is an {what_kind}; Triton serves {sorted(models)}")
                 raise ConfigError(f"{where}: cannot tell which model serves it: {what}. Bind it with "
                                   f"MODEL_BINDINGS='{route.url}=<model>'")
             model, version = found[0], ""

@@ -32,8 +32,9 @@ def _error(start_response, exc):
 
 
 class Front:
-    def __init__(self, app, upstream=None, metrics=None, urls=(), predicts=None, hold=None):
+    def __init__(self, app, upstream=None, metrics=None, urls=(), predicts=None, hold=None, v1=None):
         self.app = app                # Flask's wsgi_app
+        self.v1 = v1   # openai.Elsewhere: the other paths under the OpenAI routes' /v1/ (OpenAI-shaped 404, 405)
         self.predicts = predicts or {}   # (method, path) -> the route's handler (predict.Predict, sse.Route, openai.Route)
         self.hold = hold   # on-demand loading: hold(model) loads it if need be and returns its release, or None
         self.upstream = upstream      # v2.Upstream, or None when the pass-through is off
@@ -44,6 +45,8 @@ class Front:
         path = environ.get("PATH_INFO", "")
         if self.metrics is None:
             handler = self.predicts.get((environ.get("REQUEST_METHOD"), path))
+            if handler is None and self.v1 is not None and self.v1.claims(path):
+                handler = self.v1
             if handler is not None:
                 return handler(environ, start_response)
             if path.startswith("/v2") and (len(path) == 3 or path[3] == "/") and self.upstream is not None:
@@ -56,6 +59,9 @@ class Front:
         started = time.perf_counter()
         method = environ.get("REQUEST_METHOD", "")
         handler = self.predicts.get((method, path))
+        label = path
+        if handler is None and self.v1 is not None and self.v1.claims(path):
+            handler, label = self.v1, "/v1/models/{id}" if "/v1/models/" in path else "other"
         if handler is not None and hasattr(handler, "answer"):   # a unary predict: no closure over start_response
             m.inflight_now += 1
             try:
@@ -81,7 +87,7 @@ class Front:
             try:
                 if handler is not None:   # a stream (SSE, OpenAI): timed to the start of its answer
                     body = handler(environ, start)
-                    url = path
+                    url = label
                 elif is_v2 and self.upstream is not None:
                     body = self.v2(environ, start)
                     url = environ.get("serving.v2_endpoint", "/v2 (refused)")

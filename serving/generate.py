@@ -11,7 +11,8 @@ Each model's config.pbtxt decides its api; serving/binding.py binds it back by i
   of N values is a batch of N (as `/embeddings` takes a list of texts), and every output is then one more array;
 - response: one property per output, named as the output: a scalar for a single element, else arrays.
 A repository with one LLM model (decoupled, text_input -> text_output, as Triton's vLLM and TensorRT-LLM models)
-also gets OpenAI's /v1/chat/completions and /v1/completions (serving/openai.py).
+also gets OpenAI's /v1/chat/completions and /v1/completions, one with an embedding model /v1/embeddings, and either
+GET /v1/models (serving/openai.py).
 """
 import argparse
 import json
@@ -101,13 +102,24 @@ def api(config):
 _MESSAGE = {"type": "object", "properties": {"role": {"type": "string"}, "content": {"type": "string"}},
             "required": ["role", "content"]}
 _SAMPLING = {"model": {"type": "string"}, "stream": {"type": "boolean"}, "max_tokens": {"type": "integer"},
-             "temperature": {"type": "number"}, "top_p": {"type": "number"}}
+             "temperature": {"type": "number"}, "top_p": {"type": "number"},
+             "stop": {"type": ["string", "array"], "items": {"type": "string"}}, "seed": {"type": "integer"},
+             "presence_penalty": {"type": "number"}, "frequency_penalty": {"type": "number"},
+             "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}}}
 _ANSWER = {"type": "object", "description": "OpenAI's answer; with \"stream\": true, Server-Sent Events of chunks, "
                                             "then data: [DONE]",
            "properties": {"id": {"type": "string"}, "object": {"type": "string"}, "created": {"type": "integer"},
                           "model": {"type": "string"}, "choices": {"type": "array", "items": {"type": "object"}},
                           "usage": {"type": "object"}},
            "required": ["id", "object", "created", "model", "choices"]}
+_LIST = {"type": "object", "properties": {"object": {"type": "string"}, "data": {"type": "array", "items": {
+    "type": "object", "properties": {"id": {"type": "string"}, "object": {"type": "string"},
+                                     "created": {"type": "integer"}, "owned_by": {"type": "string"}}}}},
+         "required": ["object", "data"]}
+_EMBEDDINGS = {"type": "object", "properties": {"object": {"type": "string"}, "model": {"type": "string"},
+                                                "data": {"type": "array", "items": {"type": "object"}},
+                                                "usage": {"type": "object"}},
+               "required": ["object", "data", "model", "usage"]}
 
 
 def is_llm(config):
@@ -116,16 +128,40 @@ def is_llm(config):
             and any(o.name == "text_output" for o in config.output))
 
 
-def openai_apis():
-    """/v1/chat/completions and /v1/completions (serving/openai.py), for a repository with an LLM model."""
-    def one(url, first):
-        return {"protocol": "http", "url": url, "method": "post",
-                "request": {"Content-type": "application/json",
-                            "data": {"type": "object", "properties": {**first, **_SAMPLING},
-                                     "required": list(first)}},
-                "response": {"Content-type": "application/json", "data": _ANSWER}}
-    return [one("/v1/chat/completions", {"messages": {"type": "array", "items": _MESSAGE}}),
-            one("/v1/completions", {"prompt": {"type": "string"}})]
+def is_embedding(config):
+    """One text input and one FP32 vector output, not decoupled (as serving/openai.py's is_embedding)."""
+    vectors = [o for o in config.output if o.data_type == model_config_pb2.TYPE_FP32 and len(o.dims) == 1]
+    return (not config.model_transaction_policy.decoupled and len(config.input) == 1
+            and config.input[0].data_type == model_config_pb2.TYPE_STRING and len(vectors) == 1)
+
+
+def _api(url, request, response, method="post"):
+    return {"protocol": "http", "url": url, "method": method,
+            "request": {"Content-type": "application/json",
+                        "data": {"type": "object", "properties": request, "required": [k for k in request
+                                                                                       if k in ("messages",
+                                                                                                "prompt", "input")]}},
+            "response": {"Content-type": "application/json", "data": response}}
+
+
+def openai_apis(llm=True, embeddings=True):
+    """OpenAI's routes (serving/openai.py): /v1/chat/completions and /v1/completions for a repository with an LLM
+    model, /v1/embeddings for one with an embedding model, /v1/models (GET) for either."""
+    apis = []
+    if llm:
+        apis += [_api("/v1/chat/completions", {"messages": {"type": "array", "items": _MESSAGE}, **_SAMPLING,
+                                               "logprobs": {"type": "boolean"}, "top_logprobs": {"type": "integer"}},
+                      _ANSWER),
+                 _api("/v1/completions", {"prompt": {"type": "string"}, **_SAMPLING, "echo": {"type": "boolean"},
+                                          "logprobs": {"type": "integer"}}, _ANSWER)]
+    if embeddings:
+        apis.append(_api("/v1/embeddings", {"input": {"type": ["string", "array"], "items": {"type": "string"}},
+                                            "model": {"type": "string"},
+                                            "encoding_format": {"type": "string", "enum": ["float", "base64"]}},
+                         _EMBEDDINGS))
+    if llm or embeddings:
+        apis.append(_api("/v1/models", {}, _LIST, method="get"))
+    return apis
 
 
 def generate(repository, algorithm="predict_analysis", protocol="http"):
@@ -135,8 +171,8 @@ def generate(repository, algorithm="predict_analysis", protocol="http"):
         raise SystemExit(f"no model (a folder with config.pbtxt) in {repository}")
     configs = [read_model(m) for m in models]
     apis = [api(c) for c in configs]
-    if sum(is_llm(c) for c in configs) == 1:   # with several, bind each OpenAI url with MODEL_BINDINGS
-        apis += openai_apis()
+    # With several LLM (or embedding) models, bind each OpenAI url with MODEL_BINDINGS.
+    apis += openai_apis(sum(is_llm(c) for c in configs) == 1, sum(is_embedding(c) for c in configs) == 1)
     urls = [a["url"] for a in apis]
     if len(set(urls)) != len(urls):
         raise SystemExit(f"two models share a URL: {urls}; set modelarts_url in their config.pbtxt")

@@ -48,9 +48,10 @@ class ModelArtsConfig:
     protocol: str = "http"   # what every api speaks, and so the container's port: http or https (serving/tls.py)
 
 
-def _properties(block, where):
+def _properties(block, where, empty=False):
+    """The schema's properties as Fields; `empty`: none is allowed (the request of a GET api has no body)."""
     data = block.get("data")
-    if not isinstance(data, dict) or not isinstance(data.get("properties"), dict) or not data["properties"]:
+    if not isinstance(data, dict) or not isinstance(data.get("properties"), dict) or not (data["properties"] or empty):
         raise ConfigError(f"{where}: needs data.properties with at least one property")
     required = data.get("required")
     props = []
@@ -117,7 +118,7 @@ def parse(doc):
             raise ConfigError(f'{where}: "{EXTENSION}" must be {{"model": "<triton model name>", "version": "..."}}')
         request, response = api.get("request") or {}, api.get("response") or {}
         content_type = _content_type(request, f"{where}.request")
-        inputs = _properties(request, f"{where}.request")
+        inputs = _properties(request, f"{where}.request", empty=method == "GET")
         if content_type == JSON and any(f.type == "file" for f in inputs):
             raise ConfigError(f"{where}.request: 'file' properties need {MULTIPART!r}")
         if _content_type(response, f"{where}.response") != JSON:

@@ -1,38 +1,39 @@
-"""An OpenAI-compatible API for Triton LLM models: `/v1/chat/completions` and `/v1/completions`, streaming or not.
+"""An OpenAI-compatible API for Triton models: `/v1/chat/completions`, `/v1/completions`, `/v1/models` (and
+`/v1/models/{id}`) and `/v1/embeddings`, streaming or not.
 
-The routes are config.json apis like any other (`make config` writes them for a repository with an LLM model). An
-api whose url ends with /v1/chat/completions or /v1/completions is served here, over the tensor interface that
-Triton's vLLM and TensorRT-LLM models share: `text_input` (the prompt), `stream`, `sampling_parameters` (JSON),
-`exclude_input_in_output`, and `text_output`. It is bound to an LLM model by the usual explicit binding
-(MODEL_BINDINGS), else to the one decoupled model with that interface; a request's `model` may name any model of the
-repository with that interface.
+The routes are config.json apis like any other (`make config` writes them, GET for the model list). Generation is
+served over the tensor interface of Triton's vLLM backend: `text_input` (the prompt), `stream`,
+`sampling_parameters` (JSON, vLLM's SamplingParams names), `exclude_input_in_output`, `text_output`, and the
+additional outputs where the model has them (`return_finish_reason` -> `finish_reason`, `return_logprobs` ->
+`logprobs`, `return_num_input_tokens` / `return_num_output_tokens` -> the token counts). Embeddings are served by
+any model with one text input and one FP32 vector output (the shipped MiniLM), its `num_input_tokens` output giving
+the usage. A request's `model` may name any such model of the repository; the api's own binding is the default.
 
-Behaviour follows OpenAI's wire format, and Triton's own OpenAI frontend (`python/openai` in Triton's server
-repository) where it is sensible:
-- chat messages go through the chat template of the model's tokenizer (`chat_template` in a tokenizer_config.json
-  in the model's folder), rendered with Jinja2 as transformers does (a sandbox, `add_generation_prompt`); a model
-  without one gets a plain "role: content" template;
-- temperature, top_p, max_tokens (max_completion_tokens), stop, seed, presence_penalty and frequency_penalty go into
-  sampling_parameters as vLLM's SamplingParams names them;
-- a stream is `data:` chunks (`chat.completion.chunk` / `text_completion`): the role first, then one content delta
-  per response, then a chunk with `finish_reason`, a usage chunk when `stream_options.include_usage`, then
-  `data: [DONE]`;
-- the model is always asked to stream (its `stream` input): a non-streaming answer is the stream joined, so that
-  tokens are counted the same way in both;
-- `finish_reason` is "length" when the model sent max_tokens responses (one token each, as Triton's LLM backends
-  stream), else "stop"; `usage` is given when the model reports token counts (outputs num_input_tokens and
-  num_output_tokens, which the vLLM backend can return); otherwise it is counted from the streamed responses for
-  completion tokens only, and prompt_tokens is left out. (Triton's frontend counts with the tokenizer; this proxy
-  ships none.)
-- errors are OpenAI's shape: {"error": {"message", "type", "param", "code"}}, with the HTTP status.
-Where it differs from Triton's frontend: no tokenizer (so no token-based usage of its own), n = 1 only, no logprobs,
-no tools.
+Behaviour follows OpenAI's wire format and Triton's own OpenAI frontend (`python/openai` in Triton's server
+repository):
+- chat messages go through the chat template of the model's tokenizer (`chat_template` in a tokenizer_config.json,
+  or a chat_template.jinja, in the model's folder), rendered with Jinja2 as transformers does;
+- temperature, top_p, max_tokens (max_completion_tokens), stop, seed, presence_penalty, frequency_penalty and
+  logprobs go into sampling_parameters; what is not given takes the model's default (vLLM's: max_tokens 16);
+- `usage` (prompt, completion and total tokens) comes from the model's counts, the same streamed
+  (`stream_options.include_usage`: one last chunk with empty `choices`) as not;
+- `finish_reason` is the model's ("stop" or "length"); stop strings never reach the output (the model holds them
+  back); `echo` puts the prompt before a completion's text;
+- logprobs: `logprobs` (completions: how many top tokens) and `logprobs` + `top_logprobs` (chat) in OpenAI's shapes,
+  the chosen token being the first of each of the model's entries (as vLLM orders them);
+- errors are OpenAI's shape, {"error": {"message", "type", "param", "code"}}, for every path under /v1/ (an unknown
+  path is a 404 of that shape); `top_logprobs` without `logprobs`, `stream_options` without `stream`, and `tools`
+  (tool calling is not implemented) are 400s;
+- the model is always asked to stream: a non-streaming answer is the stream joined, so that both count alike.
 """
+import base64
 import json
 import logging
 import os
 import time
 import uuid
+
+import numpy as np
 
 from . import codecs, modelarts, sse
 from .errors import ServingError
@@ -40,17 +41,20 @@ from .predict import JSON_HEADERS, media_type, read_body, status_line
 
 log = logging.getLogger("serving.app")
 
-SUFFIXES = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
+SUFFIXES = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/models": "models",
+            "/v1/embeddings": "embeddings"}
 INTERFACE_IN, INTERFACE_OUT = "text_input", "text_output"
+COUNTS = ("num_input_tokens", "num_output_tokens")
 DEFAULT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
                     "{% if add_generation_prompt %}assistant:{% endif %}")
 SAMPLING = {"temperature": "temperature", "top_p": "top_p", "max_tokens": "max_tokens",
             "max_completion_tokens": "max_tokens", "stop": "stop", "seed": "seed",
             "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty"}
+OWNER = "Triton Inference Server"
 
 
 def kind(url):
-    """"chat" or "completion" for an OpenAI route's url, else None."""
+    """"chat", "completion", "models" or "embeddings" for an OpenAI route's url, else None."""
     for suffix, k in SUFFIXES.items():
         if url.endswith(suffix):
             return k
@@ -59,6 +63,20 @@ def kind(url):
 
 def is_llm(info):
     return info.decoupled and INTERFACE_IN in info.inputs and INTERFACE_OUT in info.outputs
+
+
+def embedding_tensors(info):
+    """(text input, vector output) of an embedding model: not decoupled, one text input, an FP32 vector output."""
+    if info.decoupled or len(info.inputs) != 1:
+        return None
+    (name, (datatype, _)), = info.inputs.items()
+    skip = 1 if info.batched else 0
+    vectors = [n for n, (dt, shape) in info.outputs.items() if dt == "FP32" and len(shape) - skip == 1]
+    return (name, vectors[0]) if datatype == "BYTES" and len(vectors) == 1 else None
+
+
+def is_embedding(info):
+    return embedding_tensors(info) is not None
 
 
 class OpenAIError(ServingError):
@@ -73,26 +91,35 @@ class OpenAIError(ServingError):
 def error_body(exc):
     if isinstance(exc, OpenAIError):
         return exc.body()
-    kinds = {400: "invalid_request_error", 404: "invalid_request_error", 503: "service_unavailable",
-             504: "timeout"}
+    kinds = {400: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error",
+             415: "invalid_request_error", 503: "service_unavailable", 504: "timeout"}
     return {"error": {"message": exc.message, "type": kinds.get(exc.status, "server_error"), "param": None,
                       "code": None}}
 
 
+def no_model(name):
+    return OpenAIError(f"The model `{name}` does not exist", status=404, param="model", code="model_not_found")
+
+
 def chat_template(model_dir):
-    """The model's chat template from a tokenizer_config.json in its folder (the first found), else None."""
+    """The model's chat template, from a tokenizer_config.json or chat_template.jinja in its folder (the first
+    found), and the tokenizer config -> (template or None, config)."""
     for top, _, files in sorted(os.walk(model_dir)):
+        config = {}
         if "tokenizer_config.json" in files:
             try:
                 with open(os.path.join(top, "tokenizer_config.json")) as f:
                     config = json.load(f)
             except (OSError, ValueError):
-                continue
-            template = config.get("chat_template")
-            if isinstance(template, list):   # named templates: the default one
-                template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-            if isinstance(template, str):
-                return template, config
+                config = {}
+        template = config.get("chat_template")
+        if isinstance(template, list):   # named templates: the default one
+            template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+        if not isinstance(template, str) and "chat_template.jinja" in files:
+            with open(os.path.join(top, "chat_template.jinja")) as f:
+                template = f.read()
+        if isinstance(template, str):
+            return template, config
     return None, {}
 
 
@@ -103,7 +130,7 @@ class Template:
         from jinja2.exceptions import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
         text, config = chat_template(model_dir) if model_dir else (None, {})
-        self.source = "tokenizer_config.json" if text else "a plain role: content template"
+        self.source = "the model's tokenizer" if text else "a plain role: content template"
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
 
         def raise_exception(message):
@@ -130,170 +157,211 @@ def _content(message):
     return content if isinstance(content, str) else ""
 
 
-def parse(doc, which):
-    """An OpenAI request body -> (model, prompt or messages, stream, sampling, include_usage)."""
-    if not isinstance(doc, dict):
-        raise OpenAIError("the body must be a JSON object")
-    if doc.get("n", 1) != 1:
-        raise OpenAIError("only n = 1 is supported", param="n")
-    if which == "chat":
+def _integer(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class Ask:
+    """An OpenAI generation request, checked: what to send the model and how to answer."""
+
+    def __init__(self, doc, which):
+        if not isinstance(doc, dict):
+            raise OpenAIError("the body must be a JSON object")
+        self.which = which
+        if doc.get("n", 1) != 1:
+            raise OpenAIError("only n = 1 is supported", param="n")
+        if doc.get("tools") or doc.get("tool_choice") not in (None, "none") or doc.get("functions"):
+            raise OpenAIError("tool calling is not supported by this service: send the request without 'tools', "
+                              "'tool_choice' and 'functions'", param="tools")
+        if doc.get("model") is not None and not isinstance(doc["model"], str):
+            raise OpenAIError("'model' must be a string", param="model")
+        self.model = doc.get("model")
+        self.source = self._messages(doc) if which == "chat" else self._prompt(doc)
+        self.sampling = self._sampling(doc)
+        self.stream = doc.get("stream") is True
+        options = doc.get("stream_options")
+        if options is not None and not self.stream:
+            raise OpenAIError("`stream_options` can only be used when `stream` is True", param="stream_options")
+        if options is not None and not isinstance(options, dict):
+            raise OpenAIError("'stream_options' must be an object", param="stream_options")
+        self.include_usage = bool(options and options.get("include_usage"))
+        self.echo = doc.get("echo") is True and which == "completion"
+        self.top_logprobs = self._logprobs(doc)
+        if self.top_logprobs is not None:
+            self.sampling["logprobs"] = self.top_logprobs
+
+    @staticmethod
+    def _messages(doc):
         messages = doc.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m
                                                                       for m in messages):
             raise OpenAIError("'messages' must be a non-empty list of {role, content} objects", param="messages")
-        source = [{"role": m["role"], "content": _content(m)} for m in messages]
-    else:
+        return [{"role": m["role"], "content": _content(m)} for m in messages]
+
+    @staticmethod
+    def _prompt(doc):
         prompt = doc.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
             prompt = prompt[0]
         if not isinstance(prompt, str):
-            raise OpenAIError("'prompt' must be a string", param="prompt")
-        source = prompt
-    if doc.get("model") is not None and not isinstance(doc["model"], str):
-        raise OpenAIError("'model' must be a string", param="model")
-    sampling = {}
-    for key, name in SAMPLING.items():
-        value = doc.get(key)
-        if value is None:
-            continue
-        if key == "stop":
-            ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-        elif key in ("seed", "max_tokens", "max_completion_tokens"):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not ok:
-            raise OpenAIError(f"'{key}' has the wrong type: {type(value).__name__}", param=key)
-        sampling[name] = value
-    if "max_tokens" in sampling and (not isinstance(sampling["max_tokens"], int) or sampling["max_tokens"] < 1):
-        raise OpenAIError("'max_tokens' must be a positive integer", param="max_tokens")
-    stream = doc.get("stream") is True
-    options = doc.get("stream_options") or {}
-    return doc.get("model"), source, stream, sampling, bool(isinstance(options, dict) and options.get("include_usage"))
-
-
-class Route:
-    """One OpenAI route as plain WSGI (answered by serving/front.py, before Flask): its LLM models
-    (name -> (StreamCall, Template)) and the default one."""
-
-    def __init__(self, which, default, models, max_body_bytes=16 * 1024 * 1024):
-        self.which, self.default, self.models, self.limit = which, default, models, max_body_bytes
-
-    def __call__(self, environ, start_response):
-        try:
-            ctype = media_type(environ)
-            if ctype != modelarts.JSON:
-                raise OpenAIError(f"expected Content-Type application/json, got {ctype or 'none'}", status=415)
-            streams, answer = self.handle(codecs.parse_json_body(read_body(environ, self.limit)), log)
-        except ServingError as exc:
-            if exc.status >= 500:
-                log.warning("%s %s -> %d: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), exc.status,
-                            exc.message)
-            return self._json(start_response, error_body(exc), exc.status)
-        except Exception:
-            log.exception("unhandled error on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
-            return self._json(start_response, error_body(OpenAIError("internal error", status=500,
-                                                                     type_="server_error")), 500)
-        if not streams:
-            return self._json(start_response, answer, 200)
-        start_response("200 OK", sse.STREAM_HEADERS)
-        return self._events(environ, answer)
+            raise OpenAIError("'prompt' must be a string (or a list of one string)", param="prompt")
+        if not prompt:
+            raise OpenAIError("'prompt' must not be empty", param="prompt")
+        if doc.get("suffix"):
+            raise OpenAIError("'suffix' is not supported", param="suffix")
+        return prompt
 
     @staticmethod
-    def _json(start_response, doc, status):
-        body = codecs.dumps(doc)
-        start_response(status_line(status), [JSON_HEADERS, ("Content-Length", str(len(body)))])
-        return [body]
+    def _sampling(doc):
+        sampling = {}
+        for key, name in SAMPLING.items():
+            value = doc.get(key)
+            if value is None:
+                continue
+            if key == "stop":
+                ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+            elif key in ("seed", "max_tokens", "max_completion_tokens"):
+                ok = _integer(value)
+            else:
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not ok:
+                raise OpenAIError(f"'{key}' has the wrong type: {type(value).__name__}", param=key)
+            sampling[name] = value
+        if "max_tokens" in sampling and sampling["max_tokens"] < 1:
+            raise OpenAIError("'max_tokens' must be a positive integer", param="max_tokens")
+        return sampling
 
-    @staticmethod
-    def _events(environ, answer):
-        try:
-            for chunk in answer:
-                if sse.hung_up(environ):
-                    return
-                yield chunk
-        finally:
-            answer.close()
-
-    def handle(self, doc, log=log):
-        """A request's JSON -> (streams, answer): the JSON answer, or the SSE chunks of a stream."""
-        model, source, stream, sampling, include_usage = parse(doc, self.which)
-        name = model or self.default
-        if name not in self.models:
-            raise OpenAIError(f"The model `{name}` does not exist", status=404, param="model",
-                              code="model_not_found")
-        call, template = self.models[name]
-        prompt = template.render(source) if self.which == "chat" else source
-        responses = call.responses(request_tensors(call.info.inputs, prompt, sampling), None)
-        completion = Completion(self.which, name, responses, sampling, include_usage)
-        return (True, completion.stream()) if stream else (False, completion.answer())
+    def _logprobs(self, doc):
+        """How many top tokens to report beside each chosen one (0: the chosen one only), or None for none."""
+        logprobs, top = doc.get("logprobs"), doc.get("top_logprobs")
+        if self.which == "chat":
+            if logprobs is not None and not isinstance(logprobs, bool):
+                raise OpenAIError("'logprobs' must be a boolean", param="logprobs")
+            if top is not None and not logprobs:
+                raise OpenAIError("`top_logprobs` can only be used when `logprobs` is True", param="top_logprobs")
+            if top is not None and (not _integer(top) or not 0 <= top <= 20):
+                raise OpenAIError("'top_logprobs' must be an integer from 0 to 20", param="top_logprobs")
+            return (top or 0) if logprobs else None
+        if logprobs is not None and (not _integer(logprobs) or not 0 <= logprobs <= 5):
+            raise OpenAIError("'logprobs' must be an integer from 0 to 5", param="logprobs")
+        return logprobs
 
 
-def request_tensors(inputs, prompt, sampling):
-    """The LLM model's inputs for one prompt (the inputs it has of text_input, stream, sampling_parameters and
-    exclude_input_in_output)."""
-    import numpy as np
-    tensors = {"text_input": np.array([prompt.encode()], dtype=object)}
-    if "stream" in inputs:   # always: a non-streaming answer is the stream joined, its tokens counted
-        tensors["stream"] = np.array([True], dtype=bool)
-    if "sampling_parameters" in inputs:
-        tensors["sampling_parameters"] = np.array([json.dumps(sampling).encode()], dtype=object)
-    if "exclude_input_in_output" in inputs:
-        tensors["exclude_input_in_output"] = np.array([True], dtype=bool)
-    return tensors
+class Generator:
+    """One LLM model as the OpenAI routes use it: its stream call, chat template, and which of the vLLM
+    interface's optional tensors it has."""
+
+    def __init__(self, call, template):
+        self.call, self.template, self.info = call, template, call.info
+
+    def tensors(self, prompt, sampling, logprobs):
+        """The model's inputs for one prompt: those it has of the vLLM interface."""
+        inputs = self.info.inputs
+        tensors = {"text_input": np.array([prompt.encode()], dtype=object)}
+        flags = {"stream": True,   # always: a non-streaming answer is the stream joined, its tokens counted
+                 "exclude_input_in_output": True, "return_finish_reason": True, "return_num_input_tokens": True,
+                 "return_num_output_tokens": True, "return_logprobs": logprobs}
+        for name, value in flags.items():
+            if name in inputs and value:
+                tensors[name] = np.array([True], dtype=bool)
+        if "sampling_parameters" in inputs:
+            tensors["sampling_parameters"] = np.array([json.dumps(sampling).encode()], dtype=object)
+        return tensors
+
+    def start(self, ask, name):
+        prompt = self.template.render(ask.source) if ask.which == "chat" else ask.source
+        responses = self.call.responses(self.tensors(prompt, ask.sampling, ask.top_logprobs is not None), None,
+                                        coalesce=True)
+        return Completion(ask, name, responses, prompt if ask.echo else "")
 
 
 class Completion:
-    """One completion, as Triton's responses come: its pieces of text, its token counts and finish reason, and the
-    JSON answer or the SSE chunks that carry them. `responses` is closed once it is done with."""
+    """One completion, as Triton's responses come: its pieces of text, token counts, logprobs and finish reason, and
+    the JSON answer or the SSE chunks that carry them. `responses` is closed once it is done with."""
 
-    def __init__(self, which, name, responses, sampling, include_usage):
-        self.which, self.responses, self.sampling, self.include_usage = which, responses, sampling, include_usage
-        self.n, self.counts = 0, {}
-        chat = which == "chat"
+    def __init__(self, ask, name, responses, echo=""):
+        self.ask, self.which, self.responses, self.echo = ask, ask.which, responses, echo
+        self.n, self.prompt_tokens, self.completion_tokens, self.finish = 0, None, 0, None
+        self.offset = len(echo)   # the completions' logprobs text_offset
+        chat = self.which == "chat"
         self.obj, self.chunk_obj = ("chat.completion", "chat.completion.chunk") if chat else ("text_completion",) * 2
         self.head = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, "object": self.obj,
                      "created": int(time.time()), "model": name}
 
-    def pieces(self):
-        import numpy as np
-        for outputs in self.responses:
-            if outputs is None:
+    def groups(self):
+        """Per group of responses that arrived together: (text, logprob entries)."""
+        for group in self.responses:
+            if group is None:
                 continue
-            self.n += 1
-            for key in ("num_input_tokens", "num_output_tokens"):
-                if key in outputs:
-                    self.counts[key] = int(np.asarray(outputs[key]).reshape(-1)[0])
-            if "text_output" in outputs:
-                text = outputs["text_output"]
-                yield "".join(codecs.output_value(text, "string", False, 0) if text.size == 1 else
-                              [str(v) for v in codecs.output_value(text, "array", False, 1)])
+            texts, entries = [], []
+            for outputs in group:
+                self.n += 1
+                if "num_input_tokens" in outputs:
+                    self.prompt_tokens = int(np.asarray(outputs["num_input_tokens"]).reshape(-1)[0])
+                if "num_output_tokens" in outputs:
+                    self.completion_tokens += int(np.asarray(outputs["num_output_tokens"]).sum())
+                else:
+                    self.completion_tokens += 1   # a model without counts: one token per response
+                if "finish_reason" in outputs:
+                    reason = _text(outputs["finish_reason"])
+                    if reason not in ("", "None", "none", "null"):
+                        self.finish = reason
+                if "text_output" in outputs:
+                    texts.append(_text(outputs["text_output"]))
+                if "logprobs" in outputs:
+                    parsed = json.loads(_text(outputs["logprobs"]) or "null")
+                    entries += [e for e in parsed or [] if e]
+            yield "".join(texts), entries
 
     def finish_reason(self):
-        limit = self.sampling.get("max_tokens")
-        produced = self.counts.get("num_output_tokens", self.n)
-        return "length" if limit is not None and produced >= limit else "stop"
+        if self.finish:
+            return self.finish
+        limit = self.ask.sampling.get("max_tokens")
+        return "length" if limit is not None and self.completion_tokens >= limit else "stop"
 
     def usage(self):
-        completion = self.counts.get("num_output_tokens", self.n)
-        if "num_input_tokens" in self.counts:
-            prompt = self.counts["num_input_tokens"]
-            return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-        return {"completion_tokens": completion}
+        usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        if self.prompt_tokens is None:   # a model that does not count its prompt
+            return {"completion_tokens": self.completion_tokens}
+        return dict(usage, total_tokens=self.prompt_tokens + self.completion_tokens)
+
+    def logprobs(self, entries):
+        """The model's entries for some tokens -> OpenAI's logprobs of the chat or completions kind, or None."""
+        if self.ask.top_logprobs is None:
+            return None
+        top = self.ask.top_logprobs
+        chosen = [next(iter(e.values())) for e in entries]   # the first entry is the chosen token (vLLM's order)
+        ranked = [sorted(e.values(), key=lambda v: v.get("rank", 1 << 30))[:top] for e in entries]
+        if self.which == "chat":
+            def item(v):
+                t = v["decoded_token"]
+                return {"token": t, "logprob": v["logprob"], "bytes": list(t.encode())}
+            return {"content": [dict(item(c), top_logprobs=[item(v) for v in r]) for c, r in zip(chosen, ranked)]}
+        offsets = []
+        for c in chosen:
+            offsets.append(self.offset)
+            self.offset += len(c["decoded_token"])
+        return {"tokens": [c["decoded_token"] for c in chosen], "token_logprobs": [c["logprob"] for c in chosen],
+                "top_logprobs": [{v["decoded_token"]: v["logprob"] for v in r} for r in ranked],
+                "text_offset": offsets}
 
     def answer(self):
+        texts, entries = [self.echo], []
         try:
-            text = "".join(self.pieces())
+            for text, got in self.groups():
+                texts.append(text)
+                entries += got
         finally:
             self.responses.close()
-        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": self.finish_reason()}
-                  if self.which == "chat" else
-                  {"index": 0, "text": text, "finish_reason": self.finish_reason(), "logprobs": None})
+        text, logprobs = "".join(texts), self.logprobs(entries)
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": logprobs,
+                   "finish_reason": self.finish_reason()} if self.which == "chat" else
+                  {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": self.finish_reason()})
         return dict(self.head, choices=[choice], usage=self.usage())
 
     def stream(self):
-        """The SSE chunks. The first piece comes before the first byte: an error then is an HTTP error."""
-        gen = self.pieces()
+        """The SSE chunks. The first group comes before the first byte: an error then is an HTTP error."""
+        gen = self.groups()
         try:
             first = next(gen, None)
         except BaseException:
@@ -301,21 +369,25 @@ class Completion:
             raise
         return self._events([first] if first is not None else [], gen)
 
-    def _chunk(self, delta=None, text=None, finish_reason=None):
+    def _chunk(self, text=None, finish_reason=None, logprobs=None, role=False):
         if self.which == "chat":
-            choice = {"index": 0, "delta": delta if delta is not None else {}, "finish_reason": finish_reason}
+            delta = {"role": "assistant", "content": ""} if role else {} if text is None else {"content": text}
+            choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         else:
-            choice = {"index": 0, "text": text or "", "finish_reason": finish_reason, "logprobs": None}
+            choice = {"index": 0, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}
         return b"data: " + codecs.dumps(dict(self.head, object=self.chunk_obj, choices=[choice])) + b"\n\n"
 
     def _events(self, first, rest):
         try:
             if self.which == "chat":
-                yield self._chunk({"role": "assistant", "content": ""})
-            for piece in _chain(first, rest):
-                yield self._chunk({"content": piece}) if self.which == "chat" else self._chunk(text=piece)
+                yield self._chunk(role=True)
+            elif self.echo:
+                yield self._chunk(self.echo)
+            for text, entries in _chain(first, rest):
+                if text or entries:
+                    yield self._chunk(text, logprobs=self.logprobs(entries))
             yield self._chunk(finish_reason=self.finish_reason())
-            if self.include_usage:
+            if self.ask.include_usage:
                 usage = dict(self.head, object=self.chunk_obj, choices=[], usage=self.usage())
                 yield b"data: " + codecs.dumps(usage) + b"\n\n"
             yield b"data: [DONE]\n\n"
@@ -326,6 +398,164 @@ class Completion:
             self.responses.close()
 
 
+def _text(arr):
+    values = np.asarray(arr).reshape(-1)
+    return "".join(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values)
+
+
 def _chain(first, rest):
     yield from first
     yield from rest
+
+
+class Handler:
+    """What every OpenAI route shares as plain WSGI (answered by serving/front.py, before Flask): the JSON body, and
+    every error in OpenAI's shape."""
+    limit = 16 * 1024 * 1024
+
+    def __call__(self, environ, start_response):
+        try:
+            streams, answer = self.handle(environ)
+        except ServingError as exc:
+            if exc.status >= 500:
+                log.warning("%s %s -> %d: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), exc.status,
+                            exc.message)
+            return json_answer(start_response, error_body(exc), exc.status, getattr(exc, "retry_after", None))
+        except Exception:
+            log.exception("unhandled error on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            return json_answer(start_response, error_body(OpenAIError("internal error", status=500,
+                                                                      type_="server_error")), 500)
+        if not streams:
+            return json_answer(start_response, answer, 200)
+        start_response("200 OK", sse.STREAM_HEADERS)
+        return _events(environ, answer)
+
+    def body(self, environ):
+        ctype = media_type(environ)
+        if ctype != modelarts.JSON:
+            raise OpenAIError(f"expected Content-Type application/json, got {ctype or 'none'}", status=415)
+        return codecs.parse_json_body(read_body(environ, self.limit))
+
+
+def json_answer(start_response, doc, status, retry_after=None):
+    body = codecs.dumps(doc)
+    headers = [JSON_HEADERS, ("Content-Length", str(len(body)))]
+    if retry_after:
+        headers.append(("Retry-After", str(retry_after)))
+    start_response(status_line(status), headers)
+    return [body]
+
+
+def _events(environ, answer):
+    try:
+        for chunk in answer:
+            if sse.hung_up(environ):
+                return
+            yield chunk
+    finally:
+        answer.close()
+
+
+class Generation(Handler):
+    """/v1/chat/completions or /v1/completions: its LLM models (name -> Generator) and the default one."""
+
+    def __init__(self, which, default, models, max_body_bytes=16 * 1024 * 1024):
+        self.which, self.default, self.models, self.limit = which, default, models, max_body_bytes
+
+    def handle(self, environ):
+        return self.reply(self.body(environ))
+
+    def reply(self, doc):
+        """A request's JSON -> (streams, answer): the JSON answer, or the SSE chunks of a stream."""
+        ask = Ask(doc, self.which)
+        name = ask.model or self.default
+        if name not in self.models:
+            raise no_model(name)
+        completion = self.models[name].start(ask, name)
+        return (True, completion.stream()) if ask.stream else (False, completion.answer())
+
+
+class Embeddings(Handler):
+    """/v1/embeddings over the embedding models (name -> triton.InferCall)."""
+
+    def __init__(self, default, models, max_body_bytes=16 * 1024 * 1024):
+        self.default, self.models, self.limit = default, models, max_body_bytes
+
+    def handle(self, environ):
+        doc = self.body(environ)
+        if not isinstance(doc, dict):
+            raise OpenAIError("the body must be a JSON object")
+        texts = doc.get("input")
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+            raise OpenAIError("'input' must be a non-empty string or a non-empty list of non-empty strings (token "
+                              "ids are not supported)", param="input")
+        fmt = doc.get("encoding_format") or "float"
+        if fmt not in ("float", "base64"):
+            raise OpenAIError("'encoding_format' must be \"float\" or \"base64\"", param="encoding_format")
+        name = doc.get("model") or self.default
+        if not isinstance(name, str) or name not in self.models:
+            raise no_model(name)
+        call = self.models[name]
+        text_in, vector_out = embedding_tensors(call.info)
+        dims = doc.get("dimensions")
+        width = call.info.outputs[vector_out][1][-1]
+        if dims is not None and dims != width:
+            raise OpenAIError(f"'dimensions': the model `{name}` gives vectors of {width}", param="dimensions")
+        step = call.info.max_batch_size if call.info.batched else 1
+        vectors, tokens = [], 0
+        for at in range(0, len(texts), step):   # a batch the model takes, then the next
+            part = texts[at:at + step]
+            arr = np.array([t.encode() for t in part], dtype=object)
+            out = call({text_in: arr.reshape(-1, 1) if call.info.batched else arr})
+            vectors += list(np.asarray(out[vector_out], dtype=np.float32).reshape(len(part), -1))
+            if "num_input_tokens" in out:
+                tokens += int(np.asarray(out["num_input_tokens"]).sum())
+        data = [{"object": "embedding", "index": i,
+                 "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if fmt == "base64" else v}
+                for i, v in enumerate(vectors)]
+        return False, {"object": "list", "data": data, "model": name,
+                       "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+class Models(Handler):
+    """GET /v1/models and /v1/models/{id}: the repository's LLM and embedding models, OpenAI's list shape."""
+
+    def __init__(self, names):
+        created = int(time.time())
+        self.models = {n: {"id": n, "object": "model", "created": created, "owned_by": OWNER} for n in sorted(names)}
+
+    def handle(self, environ):
+        path = environ.get("PATH_INFO", "")
+        if path.endswith("/v1/models"):
+            return False, {"object": "list", "data": list(self.models.values())}
+        name = path.rsplit("/v1/models/", 1)[1]
+        if name not in self.models:
+            raise no_model(name)
+        return False, self.models[name]
+
+
+class Elsewhere(Handler):
+    """Every other path under an OpenAI route's /v1/: /v1/models/{id}, and 404 and 405 in OpenAI's shape."""
+
+    def __init__(self, handlers):
+        self.handlers = handlers   # (method, url) -> handler, of the OpenAI routes
+        self.models = next((h for (m, u), h in handlers.items() if isinstance(h, Models)), None)
+        self.prefixes = sorted({u[:u.index("/v1/") + 4] for (_, u) in handlers})
+
+    def claims(self, path):
+        return any(path.startswith(p) for p in self.prefixes)
+
+    def handle(self, environ):
+        method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
+        if self.models is not None and "/v1/models/" in path and path.rsplit("/v1/models/", 1)[1]:
+            if method in ("GET", "HEAD"):
+                return self.models.handle(environ)
+            raise OpenAIError(f"method {method} is not allowed on {path}", status=405)
+        if method == "HEAD" and ("GET", path) in self.handlers:
+            return self.handlers[("GET", path)].handle(environ)
+        allowed = sorted(m for (m, u) in self.handlers if u == path)
+        if allowed:
+            raise OpenAIError(f"method {method} is not allowed on {path} (allowed: {', '.join(allowed)})",
+                              status=405)
+        raise OpenAIError(f"no route for {path}", status=404, code="not_found")

@@ -49,13 +49,16 @@ def document(config, routes=None, title="", metrics=True, streaming=()):
             "operationId": f"{route.method.lower()}_{route.url.strip('/').replace('/', '_') or 'root'}",
             "summary": f"Inference on model {route.model!r}" if route.model else "Inference",
             **({"x-triton-model": {"name": route.model, "version": route.version}} if route.model else {}),
-            "requestBody": {"required": True, "content": {route.content_type: {"schema": _schema(route.request_schema)}}},
+            **({} if route.method == "GET" else {"requestBody": {
+                "required": True, "content": {route.content_type: {"schema": _schema(route.request_schema)}}}}),
             "responses": {
                 "200": {"description": "The model's answer",
                         "content": {modelarts.JSON: {"schema": _schema(route.response_schema)}}},
                 **_errors(["400", "404", "405", "413", "415", "503", "504"]),
             },
         }
+        if route.url.endswith(("/v1/models", "/v1/embeddings")):
+            operation["description"] = "OpenAI-compatible; errors are OpenAI's error object."
         if route.url in streaming and route.url.endswith(("/v1/chat/completions", "/v1/completions")):
             operation["description"] = ("OpenAI-compatible: with `\"stream\": true` the answer is OpenAI's chunks as "
                                         "Server-Sent Events, then `data: [DONE]`; errors are OpenAI's error object.")

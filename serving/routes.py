@@ -79,6 +79,12 @@ class Parts:
         loader = make_loader(settings, client, metrics) if on_file is not None else None
         return cls(settings, config, client, routes, infos, on_file, readiness, slots, metrics, loader)
 
+    def slot(self, name, version=""):
+        """The model's in-flight limit in this worker, made for a model that no route binds."""
+        if (name, version) not in self.slots:
+            self.slots[(name, version)] = triton.slots(1, self.settings.inflight_per_model)[0]
+        return self.slots[(name, version)]
+
     @property
     def on_error(self):
         return self.metrics.triton_error if self.metrics else None
@@ -119,21 +125,39 @@ def stream_route(parts, route, info):
 
 
 def openai_route(parts, route, info):
-    if not openai.is_llm(info):
+    """An OpenAI route: generation over the repository's LLM models, embeddings over its embedding models, or the
+    list of both; the route's own model is the default."""
+    which = openai.kind(route.url)
+    known = dict(parts.on_file if parts.on_file is not None else triton.repository(parts.client))
+    known[info.name] = info
+    llms = {name: i for name, i in known.items() if openai.is_llm(i)}
+    embedders = {name: i for name, i in known.items() if openai.is_embedding(i)}
+    if which == "models":
+        return openai.Models(list(llms) + list(embedders))
+    if which == "embeddings":
+        if info.name not in embedders:
+            raise ConfigError(f"{route.method} {route.url} -> model {info.name!r}: /v1/embeddings needs an embedding "
+                              "model (one text input, one FP32 vector output)")
+        calls = {name: triton.InferCall(parts.client, i, [n for n in (*openai.embedding_tensors(i)[1:],
+                                                                      "num_input_tokens") if n in i.outputs],
+                                        parts.settings.request_timeout_s, parts.slot(name, i.version),
+                                        parts.on_error, parts.on_crash_of(name), parts.loader)
+                 for name, i in embedders.items()}
+        log.info("route %s %s: OpenAI embeddings for models %s", route.method, route.url, sorted(calls))
+        return openai.Embeddings(info.name, calls, parts.settings.max_body_bytes)
+    if info.name not in llms:
         raise ConfigError(f"{route.method} {route.url} -> model {info.name!r}: an OpenAI route needs an LLM model "
                           "(decoupled, with inputs text_input and outputs text_output)")
-    known = parts.on_file if parts.on_file is not None else triton.repository(parts.client)
-    llms = {name: i for name, i in known.items() if openai.is_llm(i)}
-    llms[info.name] = info
-    outputs = ["text_output"] + [n for n in ("num_input_tokens", "num_output_tokens") if n in info.outputs]
-    models = {name: (triton.StreamCall(parts.client, i, [n for n in outputs if n in i.outputs], parts.stream_timeout,
-                                       parts.on_error, parts.loader),
-                     openai.Template(os.path.join(parts.settings.model_repository, name)))
-              for name, i in llms.items()}
-    for name, (_, template) in models.items():
-        log.info("route %s %s: OpenAI %s for model %r (chat template: %s)", route.method, route.url,
-                 openai.kind(route.url), name, template.source)
-    return openai.Route(openai.kind(route.url), info.name, models, parts.settings.max_body_bytes)
+    wanted = ("text_output", "finish_reason", "logprobs") + openai.COUNTS
+    models = {name: openai.Generator(
+        triton.StreamCall(parts.client, i, [n for n in wanted if n in i.outputs], parts.stream_timeout,
+                          parts.on_error, parts.loader),
+        openai.Template(os.path.join(parts.settings.model_repository, name)))
+        for name, i in llms.items()}
+    for name, g in models.items():
+        log.info("route %s %s: OpenAI %s for model %r (chat template: %s)", route.method, route.url, which, name,
+                 g.template.source)
+    return openai.Generation(which, info.name, models, parts.settings.max_body_bytes)
 
 
 def handlers(parts):

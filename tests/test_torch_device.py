@@ -100,5 +100,5 @@ def test_driver_version_is_read_from_the_kernel_module(tmp_path):
 def test_every_model_folder_carries_the_same_torch_device():
     """Each model folder is self-contained (a folder is what a user copies), so each has its own copy."""
     copies = {m: open(os.path.join(ROOT, "model_repository", m, "torch_device.py"), "rb").read()
-              for m in ("mnist", "text_embedding")}
-    assert copies["mnist"] == copies["text_embedding"]
+              for m in ("mnist", "text_embedding", "smollm2")}
+    assert copies["mnist"] == copies["text_embedding"] == copies["smollm2"]

