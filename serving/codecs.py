@@ -186,7 +186,8 @@ def output_value(arr, schema_type, batched, depth=None, batch_in=False):
     elif arr.dtype == np.float16:
         arr = arr.astype(np.float32)   # the same values; orjson writes float32 arrays
     if batched and arr.ndim >= 1 and (batch_in or arr.shape[0] != 1 or (depth is not None and depth >= arr.ndim)):
-        if arr.ndim > 1 and arr.size == arr.shape[0] and schema_type != "array" and (depth or 0) < arr.ndim:
+        if arr.ndim > 1 and arr.size == arr.shape[0] and (schema_type != "array" or depth == 1) and \
+                (depth or 0) < arr.ndim:
             arr = arr.reshape(arr.shape[0])   # a batch of one-element items: a list of scalars
         return arr.tolist() if arr.dtype == np.object_ else arr
     if batched and arr.ndim >= 1 and arr.shape[0] == 1:

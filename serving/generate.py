@@ -130,8 +130,11 @@ def is_llm(config):
 
 def is_embedding(config):
     """One text input and one FP32 vector output, not decoupled (as serving/openai.py's is_embedding)."""
-    vectors = [o for o in config.output if o.data_type == model_config_pb2.TYPE_FP32 and len(o.dims) == 1]
-    return (not config.model_transaction_policy.decoupled and len(config.input) == 1
+    vectors = [o for o in config.output if o.data_type == model_config_pb2.TYPE_FP32 and len(o.dims) == 1
+               and o.dims[0] != 1]
+    files = config.parameters["modelarts_file_inputs"].string_value if "modelarts_file_inputs" in config.parameters \
+        else ""
+    return (not config.model_transaction_policy.decoupled and len(config.input) == 1 and not files
             and config.input[0].data_type == model_config_pb2.TYPE_STRING and len(vectors) == 1)
 
 

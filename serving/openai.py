@@ -14,7 +14,8 @@ repository):
 - chat messages go through the chat template of the model's tokenizer (`chat_template` in a tokenizer_config.json,
   or a chat_template.jinja, in the model's folder), rendered with Jinja2 as transformers does;
 - temperature, top_p, max_tokens (max_completion_tokens), stop, seed, presence_penalty, frequency_penalty and
-  logprobs go into sampling_parameters; what is not given takes the model's default (vLLM's: max_tokens 16);
+  logprobs go into sampling_parameters, and so do vLLM's extensions (top_k, min_p, min_tokens, repetition_penalty,
+  ignore_eos, stop_token_ids); what is not given takes the model's default (vLLM's: max_tokens 16);
 - `usage` (prompt, completion and total tokens) comes from the model's counts, the same streamed
   (`stream_options.include_usage`: one last chunk with empty `choices`) as not;
 - `finish_reason` is the model's ("stop" or "length"); stop strings never reach the output (the model holds them
@@ -49,7 +50,11 @@ DEFAULT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\
                     "{% if add_generation_prompt %}assistant:{% endif %}")
 SAMPLING = {"temperature": "temperature", "top_p": "top_p", "max_tokens": "max_tokens",
             "max_completion_tokens": "max_tokens", "stop": "stop", "seed": "seed",
-            "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty"}
+            "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+            # vLLM's extensions of the OpenAI request, which its own server and Triton's frontend take too.
+            "top_k": "top_k", "min_p": "min_p", "min_tokens": "min_tokens", "repetition_penalty": "repetition_penalty",
+            "ignore_eos": "ignore_eos", "stop_token_ids": "stop_token_ids"}
+INTEGERS = ("seed", "max_tokens", "max_completion_tokens", "top_k", "min_tokens")
 OWNER = "Triton Inference Server"
 
 
@@ -71,7 +76,8 @@ def embedding_tensors(info):
         return None
     (name, (datatype, _)), = info.inputs.items()
     skip = 1 if info.batched else 0
-    vectors = [n for n, (dt, shape) in info.outputs.items() if dt == "FP32" and len(shape) - skip == 1]
+    vectors = [n for n, (dt, shape) in info.outputs.items() if dt == "FP32" and len(shape) - skip == 1
+               and shape[-1] != 1]
     return (name, vectors[0]) if datatype == "BYTES" and len(vectors) == 1 else None
 
 
@@ -220,8 +226,12 @@ class Ask:
                 continue
             if key == "stop":
                 ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-            elif key in ("seed", "max_tokens", "max_completion_tokens"):
+            elif key in INTEGERS:
                 ok = _integer(value)
+            elif key == "ignore_eos":
+                ok = isinstance(value, bool)
+            elif key == "stop_token_ids":
+                ok = isinstance(value, list) and all(_integer(v) for v in value)
             else:
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not ok:

@@ -175,8 +175,8 @@ def client(stack):
 
 def test_make_config_adds_the_openai_routes_for_an_llm_model(stack):
     doc = json.loads((pathlib_repo(stack) / "config.json").read_text())
-    assert [a["url"] for a in doc["apis"]] == ["/tokens", "/v1/chat/completions", "/v1/completions"]
-    assert "route POST /v1/chat/completions: OpenAI chat for model 'tokens' (chat template: tokenizer_config.json)" \
+    assert [a["url"] for a in doc["apis"]] == ["/tokens", "/v1/chat/completions", "/v1/completions", "/v1/models"]
+    assert "route POST /v1/chat/completions: OpenAI chat for model 'tokens' (chat template: the model's tokenizer)" \
         in stack.log()
 
 

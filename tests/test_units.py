@@ -20,15 +20,19 @@ with open(os.path.join(ROOT, "config.json")) as f:
 def test_shipped_config_serves_mnist_at_root_and_embeddings():
     config = modelarts.parse(SHIPPED)
     assert config.health_url == "/health"
-    mnist, embeddings, generate, chat, completions = config.routes
-    assert [r.url for r in (generate, chat, completions)] == ["/generate", "/v1/chat/completions", "/v1/completions"]
+    mnist, generate, embeddings, chat, completions, v1_embeddings, models = config.routes
+    assert [(r.method, r.url) for r in (generate, chat, completions, v1_embeddings, models)] == [
+        ("POST", "/generate"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
+        ("POST", "/v1/embeddings"), ("GET", "/v1/models")]
+    assert models.inputs == ()   # a GET api: no body
     assert (mnist.url, mnist.method, mnist.model, mnist.version) == ("/", "POST", "", "")   # bound at start-up
     assert mnist.content_type == "multipart/form-data"
     assert mnist.inputs == (modelarts.Field("images", "file", True),)
     assert mnist.outputs == (modelarts.Field("mnist_result", "integer", True),)
     assert (embeddings.url, embeddings.content_type) == ("/embeddings", "application/json")
     assert embeddings.inputs == (modelarts.Field("texts", "array", True, depth=1),)
-    assert embeddings.outputs == (modelarts.Field("embeddings", "array", True, depth=2),)
+    assert embeddings.outputs == (modelarts.Field("embeddings", "array", True, depth=2),
+                                  modelarts.Field("num_input_tokens", "array", True, depth=1))
 
 
 def test_shipped_config_has_only_documented_modelarts_keys():
@@ -57,8 +61,8 @@ def test_several_models_each_behind_its_url():
     })
     routes = modelarts.parse(doc).routes
     assert [(r.url, r.model, r.version) for r in routes] == [
-        ("/", "", ""), ("/embeddings", "", ""), ("/generate", "", ""), ("/v1/chat/completions", "", ""),
-        ("/v1/completions", "", ""), ("/embed", "minilm", "2")]
+        ("/", "", ""), ("/generate", "", ""), ("/embeddings", "", ""), ("/v1/chat/completions", "", ""),
+        ("/v1/completions", "", ""), ("/v1/embeddings", "", ""), ("/v1/models", "", ""), ("/embed", "minilm", "2")]
 
 
 def _broken(mutate):
