@@ -94,7 +94,9 @@ def api(config):
         "request": {"Content-type": "multipart/form-data" if files else "application/json",
                     "data": {"type": "object", "properties": request, "required": required}},
         "response": {"Content-type": "application/json",
-                     "data": {"type": "object", "properties": response, "required": list(response),
+                     # An LLM's additional outputs come only when asked for (vLLM's return_* inputs).
+                    "data": {"type": "object", "properties": response,
+                             "required": ["text_output"] if is_llm(config) else list(response),
                               **({"description": STREAMS} if decoupled else {})}},
     }
 

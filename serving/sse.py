@@ -43,12 +43,24 @@ def wants_stream(environ, doc):
     return isinstance(doc, dict) and doc.get("stream") is True
 
 
+# The vLLM backend's additional outputs (sent when the request asks for them) mean, over a whole stream: the last
+# response's value (the finish reason, the cumulative logprob, the prompt's tokens), or the sum (new tokens).
+LAST, SUM = {"finish_reason", "cumulative_logprob", "num_input_tokens"}, {"num_output_tokens"}
+
+
 def join(answers, outputs):
-    """The responses of one request as one answer: strings joined, anything else listed in order."""
+    """The responses of one request as one answer: strings joined, anything else listed in order (the vLLM
+    backend's additional outputs as LAST and SUM say); an output that no response carried is left out."""
     joined = {}
     for name, (kind, _) in outputs.items():
         values = [a[name] for a in answers if name in a]
-        if kind == "string" and all(isinstance(v, str) for v in values):
+        if not values and kind != "string":
+            continue
+        if name in LAST and values:
+            joined[name] = values[-1]
+        elif name in SUM and all(isinstance(v, (int, float, np.integer)) for v in values):
+            joined[name] = int(sum(values))
+        elif kind == "string" and all(isinstance(v, str) for v in values):
             joined[name] = "".join(values)
         else:
             joined[name] = values

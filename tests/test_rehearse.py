@@ -27,6 +27,9 @@ def check(doc):
     return report, apis
 
 
+EMB = 2   # the shipped config's /embeddings api
+
+
 def fails(report):
     return [(f.check, f.measured) for f in report.findings if f.level == "FAIL"]
 
@@ -34,31 +37,33 @@ def fails(report):
 def test_the_shipped_config_passes_the_static_checks():
     report, apis = check(SHIPPED)
     assert fails(report) == []
-    assert [a["url"] for a in apis] == ["/", "/embeddings", "/generate", "/v1/chat/completions", "/v1/completions"]
+    assert [a["url"] for a in apis] == ["/", "/generate", "/embeddings", "/v1/chat/completions", "/v1/completions",
+                                        "/v1/embeddings", "/v1/models"]
     assert [(f.level, f.check) for f in report.findings] == [("PASS", "config.json")]
 
 
 def test_an_unknown_key_fails_with_modelarts_3016():
     doc = dict(SHIPPED, extra_setting=1)
     doc["apis"] = copy.deepcopy(SHIPPED["apis"])
-    doc["apis"][1]["x-triton"] = {"model": "text_embedding"}
+    doc["apis"][EMB]["x-triton"] = {"model": "text_embedding"}
     report, apis = check(doc)
     assert fails(report) == [("config.json: fields", "undocumented 'extra_setting'"),
-                             ("apis[1] POST /embeddings: fields", "undocumented 'x-triton'")]
+                             ("apis[2] POST /embeddings: fields", "undocumented 'x-triton'")]
     found = [f for f in report.findings if f.level == "FAIL"]
     assert all("ModelArts.3016" in f.rule for f in found)
     assert "MODEL_BINDINGS" in found[0].fix and "protocol, url, method, request, response" in found[1].fix
-    assert [a["url"] for a in apis] == ["/", "/generate", "/v1/chat/completions", "/v1/completions"]
+    assert [a["url"] for a in apis] == ["/", "/generate", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                                        "/v1/models"]
 
 
 def test_a_missing_content_type_fails_and_says_the_spelling():
     doc = copy.deepcopy(SHIPPED)
     del doc["apis"][0]["request"]["Content-type"]
-    doc["apis"][1]["response"]["Content-Type"] = doc["apis"][1]["response"].pop("Content-type")
+    doc["apis"][EMB]["response"]["Content-Type"] = doc["apis"][EMB]["response"].pop("Content-type")
     report, _ = check(doc)
     assert fails(report) == [("apis[0] POST /: request.Content-type", "missing"),
-                             ("apis[1] POST /embeddings: response: fields", "undocumented 'Content-Type'"),
-                             ("apis[1] POST /embeddings: response.Content-type", "missing (spelled 'Content-Type')")]
+                             ("apis[2] POST /embeddings: response: fields", "undocumented 'Content-Type'"),
+                             ("apis[2] POST /embeddings: response.Content-type", "missing (spelled 'Content-Type')")]
     first = next(f for f in report.findings if f.level == "FAIL")
     assert first.fix == 'add "Content-type": "multipart/form-data" (this spelling)'
     assert "batch services require both" in first.rule
@@ -66,11 +71,12 @@ def test_a_missing_content_type_fails_and_says_the_spelling():
 
 def test_duplicate_urls_and_a_health_url_other_than_health_fail():
     doc = copy.deepcopy(SHIPPED)
-    doc["apis"][1]["url"] = "/"
+    doc["apis"][EMB]["url"] = "/"
     doc["health"]["url"] = "/healthz"
     report, apis = check(doc)
-    assert fails(report) == [("url /", "declared by apis [0, 1]"), ("health.url", "'/healthz'")]
-    assert [a["url"] for a in apis] == ["/generate", "/v1/chat/completions", "/v1/completions"]
+    assert fails(report) == [("url /", "declared by apis [0, 2]"), ("health.url", "'/healthz'")]
+    assert [a["url"] for a in apis] == ["/generate", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                                        "/v1/models"]
     health = next(f for f in report.findings if f.check == "health.url")
     assert (health.rule, health.fix) == ("the health check is an HTTP GET of /health on port 8080",
                                          'set "url": "/health"')
@@ -79,9 +85,9 @@ def test_duplicate_urls_and_a_health_url_other_than_health_fail():
 def test_batch_fitness_says_why_and_prints_the_csv_mapping_rule():
     report = Report(out=io.StringIO())
     report.phase("static checks")
-    for api in SHIPPED["apis"][:2]:
+    for api in (SHIPPED["apis"][0], SHIPPED["apis"][EMB]):
         static.batch_fitness(api, report)
-    scalar = copy.deepcopy(SHIPPED["apis"][1])
+    scalar = copy.deepcopy(SHIPPED["apis"][EMB])
     scalar["url"] = "/score"
     scalar["request"]["data"] = {"type": "object", "properties": {"age": {"type": "integer"},
                                                                   "city": {"type": "string"}}}
@@ -105,7 +111,7 @@ def test_requests_are_built_from_the_schema_and_the_model_shapes(tmp_path):
     assert value({"type": "array", "items": {"anyOf": [{"type": "number"}, {"type": "array"}]}}, [3]) == [0.5] * 3
     assert value({"type": ["integer", "array"], "items": {"type": "integer"}}, [1]) == 1
     assert value({"type": "number", "examples": [41]}, [1]) == 41
-    assert build(SHIPPED["apis"][1], {"texts": [1]}, {}) == ({"json": {"texts": ["rehearsal"]}}, [])
+    assert build(SHIPPED["apis"][EMB], {"texts": [1]}, {}) == ({"json": {"texts": ["rehearsal"]}}, [])
     assert build(SHIPPED["apis"][0], {}, {}) == ({"files": {}, "data": {}}, ["images"])
     sample = tmp_path / "d.jpg"
     sample.write_bytes(b"\xff\xd8")

@@ -270,6 +270,8 @@ def _call_api(service, api, shapes, streams, samples, report):
     ok, answer = _check_answer(resp, api, kwargs, where, report)
     if not ok:
         return None
+    if str(api.get("method", "post")).upper() == "GET":   # no body: nothing to stream, nothing to break
+        return api, kwargs, answer
     if streams:
         streamed_call(service, api, kwargs, report, where)
     resp, _, _ = call(service, api, payloads.malformed(api), 30)

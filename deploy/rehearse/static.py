@@ -28,13 +28,14 @@ def _unknown(report, where, block, allowed, fix_hint=""):
     return not extra
 
 
-def _schema_problem(data):
+def _schema_problem(data, empty=False):
+    """What is wrong with a block's data schema, or "". `empty`: no property is fine (a GET api's request)."""
     if not isinstance(data, dict):
         return "data is not a JSON-schema object"
     if data.get("type") != "object":
         return 'data needs "type": "object"'
     props = data.get("properties")
-    if not isinstance(props, dict) or not props:
+    if not isinstance(props, dict) or not (props or empty):
         return "data needs properties, one per field"
     for name, schema in props.items():
         if not isinstance(schema, dict) or "type" not in schema:
@@ -117,11 +118,12 @@ def _check_api(i, api, report):
         fine = False
         report.add("FAIL", f"{where}: protocol", repr(api.get("protocol")), P.NONCONFORMING, '"http" or "https"')
     for side in ("request", "response"):
-        fine = _check_block(f"{where}: {side}", side, api.get(side), report) and fine
+        fine = _check_block(f"{where}: {side}", side, api.get(side), report,
+                            empty=side == "request" and method == "get") and fine
     return fine
 
 
-def _check_block(where, side, block, report):
+def _check_block(where, side, block, report, empty=False):
     """An api's request or response block: True when it is right."""
     if not isinstance(block, dict):
         report.add("FAIL", where, "missing", "content_type", f'add "{side}": {{"Content-type": ..., "data": {{...}}}}')
@@ -137,7 +139,7 @@ def _check_block(where, side, block, report):
     elif ctype not in P.CONTENT_TYPES:
         fine = False
         report.add("FAIL", f"{where}.Content-type", repr(ctype), "content_type", " or ".join(P.CONTENT_TYPES))
-    problem = _schema_problem(block.get("data"))
+    problem = _schema_problem(block.get("data"), empty)
     if problem:
         fine = False
         report.add("FAIL", f"{where}.data", problem, "content_type", '{"type": "object", "properties": {...}}')
