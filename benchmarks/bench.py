@@ -749,6 +749,10 @@ def main():
     parser.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=True,
                         help="the streaming section (benchmarks/streaming.py)")
     parser.add_argument("--streaming-seconds", type=int, default=10)
+    parser.add_argument("--llm", action=argparse.BooleanOptionalAction, default=True,
+                        help="the LLM section: the shipped SmolLM2 streamed, perf_analyzer both sides "
+                             "(benchmarks/llm.py)")
+    parser.add_argument("--llm-seconds", type=int, default=10, help="above 2: at least 2c streams per point")
     args = parser.parse_args()
     if args.smoke:
         args.concurrency, args.seconds, args.perf_analyzer = [1, 4], 2, False   # embeddings: c=4 only
@@ -788,6 +792,10 @@ def main():
         import streaming
         section, doc["streaming"] = (streaming.run(workdir, 2, (1, 4)) if args.smoke else
                                      streaming.run(workdir, args.streaming_seconds))
+        text += "\n" + section
+    if args.llm:
+        import llm
+        section, doc["llm"] = llm.run(workdir, 1, (1,)) if args.smoke else llm.run(workdir, args.llm_seconds)
         text += "\n" + section
     print(text)
     out = pathlib.Path(args.out)

@@ -47,6 +47,13 @@ def test_bench_smoke_runs_every_workload_with_right_answers(tmp_path):
             assert 0 < p[side]["ttft_p50_ms"] <= p[side]["ttft_p99_ms"]
         assert p["proxy_cpu_ms_per_token"] > 0
     assert "## Streaming" in (tmp_path / "smoke.md").read_text()
+    # The LLM streamed through the OpenAI route and straight from Triton, perf_analyzer both sides: every stream
+    # 32 tokens long on both.
+    (point,) = doc["llm"]["points"]
+    for side in ("proxy", "direct"):
+        assert point[side]["streams"] >= 1 and point[side]["tokens"] == 32 * point[side]["streams"]
+        assert 0 < point[side]["ttft_p50_ms"] and point[side]["tokens_per_s_per_stream"] > 0
+    assert "## The LLM, streamed" in (tmp_path / "smoke.md").read_text()
     assert (tmp_path / "smoke.png").stat().st_size > 10_000
 
 
