@@ -419,4 +419,19 @@ def test_push_promise_is_refused_and_unknown_frames_are_ignored():   # RFC 9113 
 def test_request_blocks_are_built_once_per_path_and_timeout():
     proto = Recorder()
     first = proto.block("/a/B", 1.0)
-    assert proto.block("/a/B", 1.0) is first and proto.block("/a/B", 2.0) != first
+    assert proto.block("/a/B", 1.0) == first and proto.block("/a/B", 2.0) != first
+    assert list(proto.blocks) == ["/a/B"] and set(proto.timeouts) == {1.0, 2.0}
+
+
+def test_request_blocks_do_not_grow_with_deadlines_that_vary_per_call():
+    """On-demand loading passes each call the time left before its deadline: a new float every time. The blocks
+    kept per connection stay one per method, the timeouts kept a bounded few, and each block is the same bytes as
+    one built whole."""
+    from serving.grpc_wire.frames import request_block
+    from serving.grpc_wire.protocol import TIMEOUTS_KEPT
+    p = Recorder()
+    for i in range(10_000):
+        timeout = 30.0 - i * 0.0017
+        assert p.block("/inference.GRPCInferenceService/ModelInfer", timeout) == request_block(
+            p.authority, "/inference.GRPCInferenceService/ModelInfer", timeout)
+    assert len(p.blocks) == 1 and len(p.timeouts) == TIMEOUTS_KEPT

@@ -253,13 +253,18 @@ def grpc_timeout(seconds):
     return f"{millis}m" if millis < 10 ** 8 else f"{min(-(-millis // 1000), 10 ** 8 - 1)}S"
 
 
-def request_block(authority, path, timeout):
+def request_block(authority, path, timeout=None):
     """The HEADERS block of one call: it never touches the server's table, so it means the same on any
-    connection and is built once per (path, timeout)."""
+    connection. Without `timeout` it lacks its grpc-timeout field (timeout_field(), added per call)."""
     return b"".join((b"\x83\x86",                                           # :method POST, :scheme http
                      literal(b":path", path.encode(), 4), literal(b":authority", authority.encode(), 1),
                      literal(b"content-type", b"application/grpc"), literal(b"te", b"trailers"),
-                     literal(b"grpc-timeout", grpc_timeout(timeout).encode())))
+                     b"" if timeout is None else timeout_field(timeout)))
+
+
+def timeout_field(timeout):
+    """The grpc-timeout header field of a call (a literal, so it may follow the rest of the block)."""
+    return literal(b"grpc-timeout", grpc_timeout(timeout).encode())
 
 
 class HeaderDecoder:

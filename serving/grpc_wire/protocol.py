@@ -8,9 +8,10 @@ from .frames import (ACK, CONNECTION_WINDOW, CONTINUATION, DATA, DEFAULT_FRAME_S
                      S_MAX_FRAME_SIZE, SETTINGS, STREAM_WINDOW, UNAVAILABLE, WINDOW_UPDATE, HeaderDecoder,
                      ProtocolError, RpcError, frame, grow, header_fragment, parse_goaway, parse_ping,
                      parse_rst_stream, parse_settings, parse_window_update, received, refused, request_block,
-                     rst_stream, status_error, take_messages, unary_result, unpad, window_update)
+                     rst_stream, status_error, take_messages, timeout_field, unary_result, unpad, window_update)
 
 END = object()   # a streaming call's end, after its last message
+TIMEOUTS_KEPT = 64   # grpc-timeout fields kept per connection (a route's constant deadline; never the varying ones)
 
 
 class StreamState:
@@ -43,7 +44,8 @@ class ClientProtocol:
         self.send_window = DEFAULT_WINDOW   # the connection's send window
         self.recv_unacked = 0
         self.decoder = HeaderDecoder()
-        self.blocks = {}              # (path, timeout) -> request HEADERS block
+        self.blocks = {}              # path -> request HEADERS block without its grpc-timeout (one per method)
+        self.timeouts = {}            # timeout -> its grpc-timeout field, at most TIMEOUTS_KEPT of them
         self._continuation = None     # (stream id, flags, [fragments]) while a header block is open
 
     @property
@@ -51,11 +53,18 @@ class ClientProtocol:
         return not self.closed and not self.goaway and self.next_id <= MAX_STREAM_ID
 
     def block(self, path, timeout):
-        """The HEADERS block of a call to `path` (built once)."""
-        block = self.blocks.get((path, timeout))
+        """The HEADERS block of a call to `path` with `timeout`: the path's part built once, the grpc-timeout field
+        added per call. Deadlines that vary per request (on-demand loading passes the time left) would make a cache
+        keyed by the timeout grow without end; the fields of constant timeouts are kept, a bounded few."""
+        block = self.blocks.get(path)
         if block is None:
-            block = self.blocks[(path, timeout)] = request_block(self.authority, path, timeout)
-        return block
+            block = self.blocks[path] = request_block(self.authority, path)
+        field = self.timeouts.get(timeout)
+        if field is None:
+            field = timeout_field(timeout)
+            if len(self.timeouts) < TIMEOUTS_KEPT:
+                self.timeouts[timeout] = field
+        return block + field
 
     # The driver's hooks (connection.py; the tests' recorder)
 
