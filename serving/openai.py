@@ -40,7 +40,7 @@ from . import codecs, modelarts, sse
 from .errors import ServingError
 from .predict import JSON_HEADERS, media_type, read_body, status_line
 
-log = logging.getLogger("serving.app")
+log = logging.getLogger("serving.openai")
 
 SUFFIXES = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/models": "models",
             "/v1/embeddings": "embeddings"}

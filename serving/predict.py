@@ -13,7 +13,7 @@ import logging
 from . import codecs, modelarts, multipart
 from .errors import BadRequest, PayloadTooLarge, ServingError, UnsupportedMediaType
 
-log = logging.getLogger("serving.app")
+log = logging.getLogger("serving.predict")
 
 JSON_HEADERS = ("Content-Type", "application/json")
 _REASONS = {200: "OK", 400: "BAD REQUEST", 403: "FORBIDDEN", 404: "NOT FOUND", 405: "METHOD NOT ALLOWED",

@@ -11,7 +11,7 @@ from .metrics import Metrics
 from .predict import Predict
 from .settings import Settings
 
-log = logging.getLogger("serving.app")
+log = logging.getLogger("serving.routes")
 
 
 def check_binding(route, info):

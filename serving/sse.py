@@ -24,7 +24,7 @@ from . import codecs
 from .errors import ServingError
 from .predict import JSON_HEADERS, decode, error_answer, read_body
 
-log = logging.getLogger("serving.app")
+log = logging.getLogger("serving.sse")
 
 CONTENT_TYPE = "text/event-stream"
 HEARTBEAT = b": keep-alive\n\n"

@@ -140,6 +140,8 @@ class SharedFiles:
         for entry in os.listdir(self.queue):
             arrived, _, rest = entry.partition("-")
             pid, _, model = rest.partition("-")
+            if not (arrived.isdigit() and pid.isdigit() and model):   # not an entry of ours: ignored, left alone
+                continue
             pid = int(pid)
             if pid not in alive:
                 alive[pid] = _alive(pid)
