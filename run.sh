@@ -219,8 +219,10 @@ log "Triton ready after $(( $(date +%s) - started ))s; starting gunicorn"
 [ -z "$why" ] || echo "$why" | while IFS= read -r line; do log "$line"; done   # models that no api serves
 
 # Bind, gevent workers, keep-alive 200 and the graceful timeout are in serving/gunicorn.conf.py.
-"$PROXY_PYTHON" -m gunicorn --config "$APP_HOME/serving/gunicorn.conf.py" --chdir "$APP_HOME" \
-    "serving.app:create_app()" 2>&1 &
+# TRITON_PID: /health watches the processes of Triton's python models (a model whose process died is reported
+# before a request fails on it: serving/triton.py, Readiness).
+TRITON_PID=$triton_pid "$PROXY_PYTHON" -m gunicorn --config "$APP_HOME/serving/gunicorn.conf.py" \
+    --chdir "$APP_HOME" "serving.app:create_app()" 2>&1 &
 gunicorn_pid=$!
 
 while :; do

@@ -69,7 +69,7 @@ class Parts:
         # /health: every bound model; with on-demand loading, the pinned ones (the others load when asked for).
         watched = infos if on_file is None else [(m, "") for m in settings.models_pinned]
         readiness = triton.Readiness(client, watched, settings.health_timeout_s, settings.health_cache_s,
-                                     marks=settings.drain_file + ".crashed")
+                                     marks=settings.drain_file + ".crashed", triton_pid=settings.triton_pid)
         slots = dict(zip(infos, triton.slots(len(infos), settings.inflight_per_model)))
         metrics = Metrics(settings.triton_metrics_url, on_demand=on_file is not None) if settings.metrics else None
         if metrics is not None:
@@ -79,11 +79,15 @@ class Parts:
         loader = make_loader(settings, client, metrics) if on_file is not None else None
         return cls(settings, config, client, routes, infos, on_file, readiness, slots, metrics, loader)
 
-    def slot(self, name, version=""):
-        """The model's in-flight limit in this worker, made for a model that no route binds."""
-        if (name, version) not in self.slots:
-            self.slots[(name, version)] = triton.slots(1, self.settings.inflight_per_model)[0]
-        return self.slots[(name, version)]
+    def guard(self, info, streaming=False):
+        """What a call to `info`'s model goes through (triton.Guard): its deadline, the on-demand hold, its slots in
+        this worker (unary calls share INFLIGHT_PER_MODEL, streams STREAMS_PER_MODEL), errors and crash reports."""
+        key = (info.name, info.version, "stream") if streaming else (info.name, info.version)
+        if key not in self.slots:
+            per = self.settings.streams_per_model if streaming else self.settings.inflight_per_model
+            self.slots[key] = triton.slots(1, per)[0]
+        timeout = self.stream_timeout if streaming else self.settings.request_timeout_s
+        return triton.Guard(info, timeout, self.slots[key], self.on_error, self.on_crash_of(info.name), self.loader)
 
     @property
     def on_error(self):
@@ -112,15 +116,12 @@ class Parts:
 
 
 def predict_route(parts, route, info):
-    call = triton.InferCall(parts.client, info, [f.name for f in route.outputs], parts.settings.request_timeout_s,
-                            parts.slots[(info.name, info.version)], parts.on_error, parts.on_crash_of(info.name),
-                            parts.loader)
+    call = triton.InferCall(parts.client, info, [f.name for f in route.outputs], parts.guard(info))
     return Predict(route, info, call, parts.settings.max_body_bytes)
 
 
 def stream_route(parts, route, info):
-    call = triton.StreamCall(parts.client, info, [f.name for f in route.outputs], parts.stream_timeout,
-                             parts.on_error, parts.loader)
+    call = triton.StreamCall(parts.client, info, [f.name for f in route.outputs], parts.guard(info, streaming=True))
     return sse.Route(route, info, call, parts.settings.max_body_bytes, parts.settings.stream_heartbeat_s)
 
 
@@ -140,8 +141,7 @@ def openai_route(parts, route, info):
                               "model (one text input, one FP32 vector output)")
         calls = {name: triton.InferCall(parts.client, i, [n for n in (*openai.embedding_tensors(i)[1:],
                                                                       "num_input_tokens") if n in i.outputs],
-                                        parts.settings.request_timeout_s, parts.slot(name, i.version),
-                                        parts.on_error, parts.on_crash_of(name), parts.loader)
+                                        parts.guard(i))
                  for name, i in embedders.items()}
         log.info("route %s %s: OpenAI embeddings for models %s", route.method, route.url, sorted(calls))
         return openai.Embeddings(info.name, calls, parts.settings.max_body_bytes)
@@ -150,8 +150,7 @@ def openai_route(parts, route, info):
                           "(decoupled, with inputs text_input and outputs text_output)")
     wanted = ("text_output", "finish_reason", "logprobs") + openai.COUNTS
     models = {name: openai.Generator(
-        triton.StreamCall(parts.client, i, [n for n in wanted if n in i.outputs], parts.stream_timeout,
-                          parts.on_error, parts.loader),
+        triton.StreamCall(parts.client, i, [n for n in wanted if n in i.outputs], parts.guard(i, streaming=True)),
         openai.Template(os.path.join(parts.settings.model_repository, name)))
         for name, i in llms.items()}
     for name, g in models.items():

@@ -68,6 +68,7 @@ class Settings:
     graceful_timeout_s: int     # how long gunicorn lets in-flight requests finish on stop (<= 90)
     access_log: bool
     inflight_per_model: int     # gRPC calls in flight per model per worker; more wait their turn in the worker
+    streams_per_model: int      # a decoupled model's open streams per worker (an LLM backend batches many at once)
     model_bindings: str         # explicit api -> model bindings, "/url=model[:version],..." (serving/binding.py)
     metrics: bool               # /metrics and the per-request series behind it
     kserve_v2: bool             # the /v2/... pass-through to Triton's HTTP API (serving/v2.py)
@@ -80,6 +81,7 @@ class Settings:
     model_repository: str       # on-demand: the repository whose config.pbtxt files bind the routes
     loading_dir: str            # on-demand: the workers' lock files (run.sh makes one per run)
     stream_heartbeat_s: float   # a decoupled model's stream: a comment line after this long without a response
+    triton_pid: int             # Triton's process (run.sh says), whose python models' processes /health watches
 
     @classmethod
     def from_env(cls):
@@ -99,6 +101,7 @@ class Settings:
             access_log=_bool("ACCESS_LOG", True),
             model_bindings=os.environ.get("MODEL_BINDINGS", ""),
             inflight_per_model=max(1, _int("INFLIGHT_PER_MODEL", 8)),
+            streams_per_model=max(1, _int("STREAMS_PER_MODEL", 64)),
             metrics=_bool("METRICS", True),
             kserve_v2=_bool("KSERVE_V2", True),
             v2_connections=max(1, _int("V2_CONNECTIONS", 64)),
@@ -110,4 +113,5 @@ class Settings:
             model_repository=os.environ.get("MODEL_REPOSITORY") or os.path.join(ROOT, "model_repository"),
             loading_dir=os.environ.get("LOADING_DIR") or "/tmp/serving-loading",
             stream_heartbeat_s=max(0.1, _float("STREAM_HEARTBEAT", 5.0)),
+            triton_pid=_int("TRITON_PID", 0),
         )

@@ -9,6 +9,7 @@ types, requested outputs), and a request only adds shapes and raw tensor bytes. 
 Run as `python -m serving.triton` it is run.sh's readiness probe: exit 0 once Triton and every model that
 config.json binds are ready.
 """
+import logging
 import os
 import sys
 import time
@@ -22,6 +23,7 @@ from .grpc_wire import RpcError
 from .repository import ModelInfo, read_repository
 
 SERVICE = "/inference.GRPCInferenceService/"
+log = logging.getLogger("serving.triton")
 
 _client = None
 
@@ -168,15 +170,55 @@ def _field(number, length):
     return bytes(out)
 
 
+class Guard:
+    """What every call to one model goes through, unary or streaming (composed into both, so neither skips it):
+    the deadline, the on-demand hold (the model loaded first, within the deadline, and held until the call ends),
+    the model's in-flight slots in this worker, and what a failure means (counted in the metrics; a model whose
+    process died reported to /health or to the loader)."""
+
+    def __init__(self, info, timeout, slots, on_error=None, on_crash=None, loader=None):
+        self.info, self.timeout, self.slots, self.loader = info, timeout, slots, loader
+        self.on_error = on_error or (lambda kind: None)   # metrics: proxy_triton_errors_total{kind}
+        self.on_crash = on_crash or (lambda detail: None)  # the model's process died: Readiness.mark_crashed
+
+    def enter(self):
+        """Hold the model and a slot; the time left for the call. Raises ServingError (a 503 with Retry-After when
+        every slot stays taken until the deadline)."""
+        deadline = time.monotonic() + self.timeout
+        if self.loader is not None:
+            self.loader.enter(self.info.name, deadline)
+        if not self.slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            if self.loader is not None:
+                self.loader.leave(self.info.name)
+            raise Unavailable(f"model {self.info.name!r} is busy: every call this worker may have in flight to it "
+                              f"was taken for {self.timeout:g} s", retry_after=1)
+        return max(0.001, deadline - time.monotonic())
+
+    def leave(self):
+        self.slots.release()
+        if self.loader is not None:
+            self.loader.leave(self.info.name)
+
+    def failed(self, exc):
+        """A gRPC error of this model's call -> the ServingError the caller sees."""
+        self.on_error(_KIND.get(exc.code) or exc.name.lower())
+        if crashed(exc):
+            self.on_crash(exc.details)
+        return translate(exc, self.timeout)
+
+    def failed_in_stream(self, message):
+        """An error inside a stream (Triton's stream carries the message, no status code)."""
+        self.on_error("internal")
+        if "Stub process" in message and "not healthy" in message:
+            self.on_crash(message)
+        return ServingError(f"inference failed: {message}")
+
+
 class InferCall:
     """One route's call to its model: the request prebuilt once, filled per request."""
 
-    def __init__(self, c, info, output_names, timeout, slots, on_error=None, on_crash=None, loader=None):
-        self.call, self.info, self.timeout = c.call, info, timeout
-        self.loader = loader   # on-demand loading (serving/loading/): the model is loaded, and held, per call
-        self.on_error = on_error or (lambda kind: None)   # metrics: proxy_triton_errors_total{kind}
-        self.on_crash = on_crash or (lambda detail: None)  # the model's process died: Readiness.mark_crashed
-        self.slots = slots   # this model's calls in flight from this worker (shared by its routes)
+    def __init__(self, c, info, output_names, guard):
+        self.call, self.info, self.guard = c.call, info, guard   # guard: Guard, shared by the model's calls' kinds
         # The request is written as bytes: serialized protobuf messages concatenate as a merge, and repeated fields
         # keep their order, so the prebuilt part (model, version, requested outputs), then per input its
         # InferInputTensor (cached per shape) and its raw_input_contents, make the ModelInferRequest.
@@ -185,6 +227,10 @@ class InferCall:
             outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in output_names]
         ).SerializeToString()
         self.heads = {}
+
+    @property
+    def timeout(self):
+        return self.guard.timeout
 
     def parts(self, tensors):
         parts = [self.prefix]
@@ -207,39 +253,26 @@ class InferCall:
     def __call__(self, tensors):
         """{input name: numpy array} -> {output name: numpy array}, in one gRPC call."""
         parts = self.parts(tensors)
+        left = self.guard.enter()
         try:
-            if self.loader is None:
-                with self.slots:
-                    response = self.call("ModelInfer", parts, self.timeout)
-            else:
-                response = self._held_call(parts)
+            response = self.call("ModelInfer", parts, left)
         except RpcError as exc:
-            self.on_error(_KIND.get(exc.code) or exc.name.lower())
-            if crashed(exc):
-                self.on_crash(exc.details)
-            raise translate(exc, self.timeout) from None
+            raise self.guard.failed(exc) from None
+        finally:
+            self.guard.leave()
         return {out.name: codecs.from_raw(raw, out.datatype, out.shape)
                 for out, raw in zip(response.outputs, response.raw_output_contents)}
 
-    def _held_call(self, parts):
-        """The call with the model loaded first, if need be; loading counts against the deadline."""
-        name, deadline = self.info.name, time.monotonic() + self.timeout
-        self.loader.enter(name, deadline)
-        try:
-            with self.slots:
-                return self.call("ModelInfer", parts, max(0.001, deadline - time.monotonic()))
-        finally:
-            self.loader.leave(name)
-
 
 class StreamCall(InferCall):
-    """A decoupled model's call: one request on Triton's ModelStreamInfer, its responses as they come.
+    """A decoupled model's call: one request on Triton's ModelStreamInfer, its responses as they come. The same
+    Guard as a unary call: a stream holds its model and a slot until it ends.
 
     The request asks for an explicit final response (`triton_enable_empty_final_response`), and is half-closed, so
     Triton ends the stream once the final response is out."""
 
-    def __init__(self, client, info, output_names, timeout, on_error=None, loader=None):
-        super().__init__(client, info, output_names, timeout, None, on_error, loader=loader)
+    def __init__(self, client, info, output_names, guard):
+        super().__init__(client, info, output_names, guard)
         self.client = client
         request = service_pb2.ModelInferRequest(
             model_name=info.name, model_version=info.version,
@@ -250,26 +283,20 @@ class StreamCall(InferCall):
     def responses(self, tensors, idle=None, coalesce=False):
         """Yields {output name: array} per response (with `coalesce`, a list of them: every response that has
         arrived by then), and None after each `idle` seconds without one; ends after the final response. Raises
-        ServingError (a deadline, Triton's error for the request). Closing it (a client that hung up) cancels the
-        request in Triton. With on-demand loading the model is loaded first (within the deadline) and held until
-        the stream ends: nothing unloads it under an open stream."""
-        timeout = self.timeout
-        if self.loader is not None:
-            deadline = time.monotonic() + timeout
-            self.loader.enter(self.info.name, deadline)
-            timeout = max(0.001, deadline - time.monotonic())
+        ServingError (a deadline, Triton's error for the request, a busy model). Closing it (a client that hung up)
+        cancels the request in Triton. The model is held, and a slot taken, until the stream ends: nothing unloads
+        it under an open stream."""
+        left = self.guard.enter()
         try:
-            yield from self._responses(tensors, idle, coalesce, timeout)
+            yield from self._responses(tensors, idle, coalesce, left)
         finally:
-            if self.loader is not None:
-                self.loader.leave(self.info.name)
+            self.guard.leave()
 
     def _responses(self, tensors, idle, coalesce, timeout):
         try:
             stream = self.client.stream("ModelStreamInfer", self.parts(tensors), timeout)
         except RpcError as exc:
-            self.on_error(_KIND.get(exc.code) or exc.name.lower())
-            raise translate(exc, self.timeout) from None
+            raise self.guard.failed(exc) from None
         try:
             while True:
                 try:
@@ -292,7 +319,7 @@ class StreamCall(InferCall):
                     if message.error_message:
                         if found:   # the responses before the error go out first
                             yield found
-                        raise ServingError(f"inference failed: {message.error_message}")
+                        raise self.guard.failed_in_stream(message.error_message)
                     response = message.infer_response
                     if response.outputs:
                         found.append({out.name: codecs.from_raw(data, out.datatype, out.shape)
@@ -304,10 +331,42 @@ class StreamCall(InferCall):
                 # After the final response (triton_final_response) Triton ends the stream, since the one request
                 # was half-closed: the end of the loop is StopIteration, after the trailers.
         except RpcError as exc:
-            self.on_error(_KIND.get(exc.code) or exc.name.lower())
-            raise translate(exc, self.timeout) from None
+            raise self.guard.failed(exc) from None
         finally:
             stream.cancel()
+
+
+def stub_processes(triton_pid, proc="/proc"):
+    """{(model, instance name): pid} of the python-backend processes that Triton (`triton_pid`) started: their argv
+    is `triton_python_backend_stub <repository>/<model>/<version>/model.py <shm region> <sizes> <parent pid>
+    <backend dir> <size> <instance> ...` (a model's folder is named as the model: Triton requires it)."""
+    found = {}
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+            if ppid != triton_pid:
+                continue
+            with open(f"{proc}/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 8:
+            model = os.path.basename(os.path.dirname(os.path.dirname(argv[1].decode(errors="replace"))))
+            found[(model, argv[8].decode(errors="replace"))] = int(entry)
+    return found
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Readiness:
@@ -319,11 +378,14 @@ class Readiness:
     process dies").
     """
 
-    def __init__(self, c, models, timeout, ttl, marks=None):
+    def __init__(self, c, models, timeout, ttl, marks=None, triton_pid=None, proc="/proc"):
         self.client, self.models, self.timeout, self.ttl = c, list(models), timeout, ttl
         self.marks = marks
         self.lock = Semaphore()   # a greenlet lock: the probe waits on gRPC while holding it
         self.checked_at, self.reason = float("-inf"), "not checked yet"
+        # The python models' processes (Triton's children), watched so that a death shows at once, not when a
+        # request first fails on it: {(model, instance): pid} of the watched models, recorded once they are ready.
+        self.triton_pid, self.proc, self.stubs = triton_pid, proc, None
 
     def probe(self):
         """None when ready, else why not."""
@@ -337,11 +399,37 @@ class Readiness:
                     return f"model {name!r} is not ready"
         except RpcError as exc:
             return f"inference server is not reachable: {exc.details or exc.name}"
+        self.watch_stubs()
         for name, _ in self.models:
             if self.marks and os.path.exists(f"{self.marks}.{name}"):
                 return (f"model {name!r} crashed (its process died) and the inference server does not restart it: "
                         "this container needs a restart")
         return None
+
+    def watch_stubs(self):
+        """Mark a watched model crashed when a process of its instances is gone with no process in its place
+        (Triton 2.51 keeps such a model READY and never restarts it). Cheap while nothing changes: one kill(pid, 0)
+        per instance; /proc is read again only when one of them is gone."""
+        if not self.triton_pid:
+            return
+        names = {name for name, _ in self.models}
+        if self.stubs is None:
+            self.stubs = {key: pid for key, pid in stub_processes(self.triton_pid, self.proc).items()
+                          if key[0] in names}
+            return
+        if all(_alive(pid) for pid in self.stubs.values()):
+            return
+        now = stub_processes(self.triton_pid, self.proc)
+        for key, pid in list(self.stubs.items()):
+            if _alive(pid):
+                continue
+            if key in now:   # started again (a reload): watch the new one
+                self.stubs[key] = now[key]
+                continue
+            del self.stubs[key]
+            log.error("model %r crashed: its process (instance %s, pid %d) is gone; /health now answers 503",
+                      key[0], key[1], pid)
+            self.mark_crashed(key[0], f"its process (instance {key[1]}, pid {pid}) is gone")
 
     def mark_crashed(self, name, detail):
         """Record that `name`'s process died; /health answers 503 from the next probe on, in every worker."""

@@ -344,3 +344,31 @@ def test_keep_alive_connections_are_served_in_turn(stack):
     first_done = min(times[-1] for times in arrivals.values())
     assert all(times[n // 10] < first_done for times in arrivals.values()), \
         {k: (times[n // 10] - first_done) for k, times in arrivals.items()}
+
+
+@pytest.mark.parametrize("model, url, payload", [
+    ("smollm2", "/v1/completions", {"prompt": "Hello", "max_tokens": 2}),       # a streaming model
+    ("mnist", None, None),                                                      # a unary one
+])
+def test_a_killed_model_process_shows_on_health_before_any_request_fails(new_stack, model, url, payload):
+    """kill -9 of a model's python process, with no request to it: /health turns 503 within 2 s and names the
+    model (ModelArts restarts the instance before users see errors); a streaming model's next request fails as a
+    unary one's does."""
+    stack = new_stack()
+    assert requests.get(stack.url + "/health", timeout=5).status_code == 200
+    stubs = [pid for pid in stack.pids("triton_python_backend_stub") if f"/{model}/1/model.py" in
+             open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")]
+    assert len(stubs) == 1, stubs
+    os.kill(stubs[0], signal.SIGKILL)
+    killed = time.monotonic()
+    wait_for(lambda: requests.get(stack.url + "/health", timeout=5).status_code == 503, 2, "/health to turn 503")
+    took = time.monotonic() - killed
+    health = requests.get(stack.url + "/health", timeout=5)
+    assert body(health) == {"health": "false", "reason": (
+        f"model '{model}' crashed (its process died) and the inference server does not restart it: "
+        "this container needs a restart")}
+    assert f"model '{model}' crashed: its process (instance {model}_0_0, pid {stubs[0]}) is gone" in stack.log()
+    if url:
+        resp = requests.post(stack.url + url, json=payload, timeout=30)
+        assert resp.status_code == 500 and "is not healthy" in body(resp)["error"]["message"]
+    print(f"\n{model}: /health 503 {took:.2f} s after the kill, with no request")

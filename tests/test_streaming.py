@@ -237,3 +237,21 @@ def test_the_chat_template_comes_from_the_model_s_tokenizer_config():
     assert rendered == "<s><|system|>be brief</s><|user|>hi</s><|assistant|>"
     plain = Template(None).render([{"role": "user", "content": "hi"}])
     assert plain == "user: hi\nassistant:"
+
+
+def test_streams_take_the_model_s_slots(tmp_path):
+    """STREAMS_PER_MODEL holds for decoupled models as INFLIGHT_PER_MODEL does for unary calls: a stream holds its
+    slot until it ends, and the next one waits for it (within its deadline) instead of piling onto Triton."""
+    stack = Stack(tmp_path, MODEL_REPOSITORY=make_repository(tmp_path), WORKERS=1, STREAMS_PER_MODEL=1,
+                  REQUEST_TIMEOUT=10).start()
+    try:
+        first = requests.post(stack.url + "/tokens", json=ask(max_tokens=5, delay=0.3), headers=SSE, stream=True,
+                              timeout=30)
+        started = time.monotonic()
+        second = requests.post(stack.url + "/tokens", json=ask(max_tokens=1), headers=SSE, stream=True, timeout=30)
+        waited = time.monotonic() - started   # the headers come with its first token
+        assert events(second) == [("message", {"text_output": " tok0"}), ("end", {"responses": 1})]
+        assert [e[0] for e in events(first)] == ["message"] * 5 + ["end"]
+        assert 1.0 < waited < 3, waited   # it waited for the first stream's slot (five tokens 0.3 s apart)
+    finally:
+        stack.terminate()

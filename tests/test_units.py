@@ -362,7 +362,7 @@ def test_infer_request_written_as_bytes_equals_the_protobuf_message():
             self.parts = parts
             return service_pb2.ModelInferResponse()
     c = Capture()
-    call = triton.InferCall(c, info, ["y"], 1.0, triton.slots(1, 1)[0])
+    call = triton.InferCall(c, info, ["y"], triton.Guard(info, 1.0, triton.slots(1, 1)[0]))
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     b = np.array([[b"x" * 200]], dtype=np.object_)
     call({"a": a, "b": b})
@@ -373,3 +373,18 @@ def test_infer_request_written_as_bytes_equals_the_protobuf_message():
     want.inputs.add(name="b", datatype="BYTES", shape=[1, 1])
     want.raw_input_contents.extend([a.tobytes(), codecs.to_raw(b, "BYTES")])
     assert got == want
+
+
+def test_a_call_that_finds_no_free_slot_until_its_deadline_is_a_503_with_retry_after():
+    import time
+    from gevent.lock import Semaphore
+    from serving import triton
+    from serving.errors import Unavailable
+    info = ModelInfo("busy", "", {}, {}, False)
+    guard = triton.Guard(info, 0.2, Semaphore(0))
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as err:
+        guard.enter()
+    assert 0.15 < time.monotonic() - started < 1
+    assert (err.value.status, err.value.retry_after, err.value.message) == (
+        503, 1, "model 'busy' is busy: every call this worker may have in flight to it was taken for 0.2 s")
