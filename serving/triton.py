@@ -359,14 +359,13 @@ def stub_processes(triton_pid, proc="/proc"):
     return found
 
 
-def _alive(pid):
+def _alive(pid, proc="/proc"):
+    """Whether a process runs: a killed child that its parent has not reaped yet (a zombie) does not."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except (OSError, IndexError):
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Readiness:
@@ -400,6 +399,10 @@ class Readiness:
         except RpcError as exc:
             return f"inference server is not reachable: {exc.details or exc.name}"
         self.watch_stubs()
+        return self.crash_marked()
+
+    def crash_marked(self):
+        """Why not ready when a watched model is marked crashed (by any worker), else None."""
         for name, _ in self.models:
             if self.marks and os.path.exists(f"{self.marks}.{name}"):
                 return (f"model {name!r} crashed (its process died) and the inference server does not restart it: "
@@ -408,8 +411,8 @@ class Readiness:
 
     def watch_stubs(self):
         """Mark a watched model crashed when a process of its instances is gone with no process in its place
-        (Triton 2.51 keeps such a model READY and never restarts it). Cheap while nothing changes: one kill(pid, 0)
-        per instance; /proc is read again only when one of them is gone."""
+        (Triton 2.51 keeps such a model READY and never restarts it). Cheap while nothing changes: one small read
+        of /proc/<pid>/stat per instance; the rest of /proc is read only when one of them is gone."""
         if not self.triton_pid:
             return
         names = {name for name, _ in self.models}
@@ -417,11 +420,11 @@ class Readiness:
             self.stubs = {key: pid for key, pid in stub_processes(self.triton_pid, self.proc).items()
                           if key[0] in names}
             return
-        if all(_alive(pid) for pid in self.stubs.values()):
+        if all(_alive(pid, self.proc) for pid in self.stubs.values()):
             return
         now = stub_processes(self.triton_pid, self.proc)
         for key, pid in list(self.stubs.items()):
-            if _alive(pid):
+            if _alive(pid, self.proc):
                 continue
             if key in now:   # started again (a reload): watch the new one
                 self.stubs[key] = now[key]
@@ -440,7 +443,8 @@ class Readiness:
 
     def check(self):
         if time.monotonic() - self.checked_at < self.ttl:
-            return self.reason
+            # Another worker may have found a model crashed since: every worker says so at once (a stat per model).
+            return self.reason or self.crash_marked()
         with self.lock:
             if time.monotonic() - self.checked_at >= self.ttl:
                 self.reason = self.probe()
