@@ -304,12 +304,12 @@ class Completion:
             if group is None:
                 continue
             texts, entries = [], []
-            for outputs in group:
+            for outputs in group:   # {name: (datatype, raw bytes)}: triton.StreamCall(raw=True)
                 self.n += 1
                 if "num_input_tokens" in outputs:
-                    self.prompt_tokens = int(np.asarray(outputs["num_input_tokens"]).reshape(-1)[0])
+                    self.prompt_tokens = _count(outputs["num_input_tokens"])
                 if "num_output_tokens" in outputs:
-                    self.completion_tokens += int(np.asarray(outputs["num_output_tokens"]).sum())
+                    self.completion_tokens += _count(outputs["num_output_tokens"])
                 else:
                     self.completion_tokens += 1   # a model without counts: one token per response
                 if "finish_reason" in outputs:
@@ -408,9 +408,22 @@ class Completion:
             self.responses.close()
 
 
-def _text(arr):
-    values = np.asarray(arr).reshape(-1)
-    return "".join(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values)
+def _text(output):
+    """A BYTES output's elements, joined: (datatype, raw bytes) as Triton writes them (4-byte length, bytes)."""
+    datatype, raw = output
+    if datatype != "BYTES":
+        return " ".join(str(v) for v in codecs.from_raw(raw, datatype, [-1]).tolist())
+    if len(raw) >= 4 and int.from_bytes(raw[:4], "little") == len(raw) - 4:   # one element: most responses
+        return raw[4:].decode("utf-8", "replace")
+    return "".join(v.decode("utf-8", "replace") for v in codecs.from_raw(raw, datatype, [-1]))
+
+
+def _count(output):
+    """An integer output's elements, summed."""
+    datatype, raw = output
+    if datatype in ("UINT32", "INT32") and len(raw) == 4:
+        return int.from_bytes(raw, "little", signed=datatype == "INT32")
+    return int(codecs.from_raw(raw, datatype, [-1]).sum())
 
 
 def _chain(first, rest):

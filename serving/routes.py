@@ -150,7 +150,8 @@ def openai_route(parts, route, info):
                           "(decoupled, with inputs text_input and outputs text_output)")
     wanted = ("text_output", "finish_reason", "logprobs") + openai.COUNTS
     models = {name: openai.Generator(
-        triton.StreamCall(parts.client, i, [n for n in wanted if n in i.outputs], parts.guard(i, streaming=True)),
+        triton.StreamCall(parts.client, i, [n for n in wanted if n in i.outputs], parts.guard(i, streaming=True),
+                          raw=True),
         openai.Template(os.path.join(parts.settings.model_repository, name)))
         for name, i in llms.items()}
     for name, g in models.items():

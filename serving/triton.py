@@ -271,9 +271,11 @@ class StreamCall(InferCall):
     The request asks for an explicit final response (`triton_enable_empty_final_response`), and is half-closed, so
     Triton ends the stream once the final response is out."""
 
-    def __init__(self, client, info, output_names, guard):
+    def __init__(self, client, info, output_names, guard, raw=False):
         super().__init__(client, info, output_names, guard)
         self.client = client
+        self.raw = raw   # responses as {name: (datatype, raw bytes)}: a caller that reads a few small outputs per
+                         # token (the OpenAI routes) skips numpy
         request = service_pb2.ModelInferRequest(
             model_name=info.name, model_version=info.version,
             outputs=[service_pb2.ModelInferRequest.InferRequestedOutputTensor(name=n) for n in output_names])
@@ -321,7 +323,10 @@ class StreamCall(InferCall):
                             yield found
                         raise self.guard.failed_in_stream(message.error_message)
                     response = message.infer_response
-                    if response.outputs:
+                    if response.outputs and self.raw:
+                        found.append({out.name: (out.datatype, data)
+                                      for out, data in zip(response.outputs, response.raw_output_contents)})
+                    elif response.outputs:
                         found.append({out.name: codecs.from_raw(data, out.datatype, out.shape)
                                       for out, data in zip(response.outputs, response.raw_output_contents)})
                 if found:
