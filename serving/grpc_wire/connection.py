@@ -94,7 +94,8 @@ class ResponseStream:
         left = self.deadline - time.monotonic()
         wait = left if idle is None else min(idle, left)
         try:
-            item = self.stream.queue.get(timeout=max(0.0, wait))
+            # A poll (idle 0: what has arrived already) takes no timer and no trip through the hub.
+            item = self.stream.queue.get(timeout=wait) if wait > 0 else self.stream.queue.get_nowait()
         except Empty:
             if time.monotonic() < self.deadline:
                 return None
