@@ -93,9 +93,16 @@ def json_batch(name, value, datatype, shape, batched, b64=False, max_batch=0):
             if arr.min() < bounds.min or arr.max() > bounds.max:
                 raise BadRequest(f"field {name!r} does not fit {datatype}")
         try:
-            arr = arr.astype(dtype)
+            with np.errstate(over="ignore"):
+                cast = arr.astype(dtype)
         except (OverflowError, ValueError, TypeError):
             raise BadRequest(f"field {name!r} does not fit {datatype}") from None
+        if np.issubdtype(dtype, np.floating) and cast.size and not np.isfinite(cast).all():
+            # a JSON number beyond the type's range would reach the model as infinity
+            bound = float(np.finfo(dtype).max)
+            raise BadRequest(f"field {name!r} does not fit {datatype}: its values must lie within "
+                             f"+-{bound:.4g}")
+        arr = cast
     return _fit(name, arr, shape, batched, max_batch)
 
 

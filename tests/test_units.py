@@ -145,6 +145,9 @@ def test_json_strings_become_bytes():
     ([1, 2], "FP32", [-1, 3], "must have shape [3] (or a batch of them, [n, 3]), got [2]"),
     (1.5, "INT64", [-1, 1], "must hold integers (INT64)"),
     (300, "INT8", [-1, 1], "does not fit INT8"),
+    ([1e40, 2, 3], "FP32", [-1, 3], "does not fit FP32: its values must lie within +-3.403e+38"),
+    (70000, "FP16", [-1, 1], "does not fit FP16: its values must lie within +-6.55e+04"),
+    (2 ** 40, "INT32", [-1, 1], "does not fit INT32"),
     (7, "BYTES", [-1, 1], "must hold strings"),
     ([["a"], "b"], "BYTES", [-1, 2], "regular array of strings"),
 ])
