@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -292,3 +293,20 @@ def test_a_service_answering_http_where_the_apis_say_https_fails_with_the_rule()
         assert "ModelArts.4503" in finding.rule
     finally:
         server.shutdown()
+
+
+def test_a_service_answering_404_on_health_is_given_up_on_after_the_probes_budget(tmp_path):
+    """A health url other than /health: the static check FAILs, and the start phase stops once the probes would
+    have given up (a service that answers 404 is up and wrong, not slow), not after REHEARSE_STARTUP_WAIT."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "filesize").symlink_to(os.path.join(TEST_MODELS, "filesize"))
+    doc = json.loads(subprocess.run([sys.executable, "-m", "serving.generate", str(repo)], cwd=ROOT, check=True,
+                                    capture_output=True, text=True).stdout)
+    doc["health"].update(url="/healthz", initial_delay_seconds=1, period_seconds=1, failure_threshold=2)
+    (repo / "config.json").write_text(json.dumps(doc))
+    started = time.monotonic()
+    proc, report = rehearse(f"MODEL_REPOSITORY={repo}", "REHEARSE_GRACE=1", timeout=300)
+    assert proc.returncode == 2 and time.monotonic() - started < 90
+    ready = by_check(report)["time to ready"]
+    assert ready["level"] == "FAIL" and ready["measured"].startswith("not ready after 3 s (last /health: 404 ")

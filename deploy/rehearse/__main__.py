@@ -91,11 +91,12 @@ def start_phase(service, doc, report, wait_limit):
         report.add("FAIL", "start", f"could not start it: {exc}", "proxy", "see the message")
         return None
     limit = max(wait_limit, budget + 30)
-    ready_at, last = _wait_ready(service, report, limit, timeout)
+    ready_at, last = _wait_ready(service, report, limit, timeout, budget)
     if ready_at is False:
         return None
     if ready_at is None:
-        report.add("FAIL", "time to ready", f"not ready after {limit:.0f} s (last /health: {last}); the probes "
+        waited = min(limit, budget) if last.startswith("404") else limit
+        report.add("FAIL", "time to ready", f"not ready after {waited:.0f} s (last /health: {last}); the probes "
                    f"give up at {budget} s and restart it, again and again", "startup",
                    "see build/rehearsal/service.log; raise initial_delay_seconds in config.json's health block "
                    "if start-up is only slow")
@@ -115,12 +116,15 @@ def start_phase(service, doc, report, wait_limit):
     return probes
 
 
-def _wait_ready(service, report, limit, timeout):
+def _wait_ready(service, report, limit, timeout, budget=None):
     """Poll /health until it first answers ready: (seconds to ready, or None if it never did, or False if the
-    service exited or speaks the other protocol; the last answer seen)."""
+    service exited or speaks the other protocol; the last answer seen). A service that answers 404 there is up
+    and wrong, not slow: it is given up on after the probes' `budget`, as the platform does."""
     started = time.monotonic()
     last = "no answer"
     while time.monotonic() - started < limit:
+        if budget is not None and last.startswith("404") and time.monotonic() - started > budget:
+            return None, last
         if not service.running():
             tail = "\n".join(service.log().splitlines()[-15:])
             report.add("FAIL", "start", f"the service exited before it was ready; its last lines:\n{tail}", "proxy",
