@@ -5,8 +5,6 @@ to its serving/predict.Predict, and `/v2/...` to serving/v2.py (perf_analyzer me
 /health, /openapi.json, the streaming and OpenAI routes, and every answer Flask's routing gives (404, 405) go on to
 Flask. Every request, whichever way it goes, is counted and timed here when metrics are on.
 """
-import json
-import logging
 import re
 import time
 from urllib.parse import unquote
@@ -14,20 +12,18 @@ from urllib.parse import unquote
 from . import metrics as metrics_mod
 from . import v2
 from .errors import MethodNotAllowed, ServingError
-from .predict import status_line
+from .predict import error_answer
 
-log = logging.getLogger("serving.front")
 # The v2 calls that need their model loaded (on-demand loading): infer, and the metadata and config that
 # perf_analyzer and tritonclient read first.
 _LOADS = {"/v2/models/{model}", "/v2/models/{model}/config", "/v2/models/{model}/infer"}
 _V2_MODEL = re.compile(r"/v2/models/([^/]+)")
-JSON = "application/json"
 
 
-def _error(start_response, exc):
-    body = json.dumps({"error": exc.message}).encode()
-    start_response(status_line(exc.status),
-                   [("Content-Type", JSON), ("Content-Length", str(len(body)))])
+def _error(environ, start_response, exc, logged=True):
+    """A ServingError as the JSON answer every route gives (predict.error_answer: Retry-After where it says)."""
+    status, headers, body = error_answer(environ, exc, logged)
+    start_response(status, headers)
     return [body]
 
 
@@ -101,7 +97,7 @@ class Front:
 
     def scrape(self, environ, start_response):
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
-            return _error(start_response, MethodNotAllowed(f"method {environ.get('REQUEST_METHOD')} is not "
+            return _error(environ, start_response, MethodNotAllowed(f"method {environ.get('REQUEST_METHOD')} is not "
                                                            f"allowed on {metrics_mod.PATH}"))
         body = self.metrics.render()
         start_response("200 OK", [("Content-Type", metrics_mod.CONTENT_TYPE), ("Content-Length", str(len(body)))])
@@ -111,7 +107,7 @@ class Front:
         method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
         found = v2.route(method, path)
         if isinstance(found, ServingError):
-            return _error(start_response, found)
+            return _error(environ, start_response, found)
         environ["serving.v2_endpoint"] = found
         release = None
         try:
@@ -121,9 +117,7 @@ class Front:
         except ServingError as exc:
             if release is not None:
                 release()
-            if exc.status >= 500:
-                log.warning("%s %s -> %d: %s", method, path, exc.status, exc.message)
-            return _error(start_response, exc)
+            return _error(environ, start_response, exc, logged=False)
         except BaseException:
             if release is not None:
                 release()

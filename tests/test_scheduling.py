@@ -180,6 +180,10 @@ def test_a_wait_past_the_deadline_is_503_with_retry_after(tmp_path):
                                               "deadline after waiting ")
         assert body(resp)["error"].endswith("(MAX_LOADED_MODELS=1): try again")
         assert 1.8 < took < 4, took
+        # The same wait through the KServe v2 pass-through keeps its Retry-After too.
+        v2 = requests.get(stack.url + "/v2/models/m2", timeout=30)
+        assert (v2.status_code, v2.headers.get("Retry-After")) == (503, "1")
+        assert body(v2)["error"].startswith("model 'm2' did not get its turn to load")
         assert ask(stack, "m1").json() == {"model": "m1"}   # the loaded model serves on
         assert requests.get(stack.url + "/health", timeout=5).status_code == 200
         text = requests.get(stack.url + "/metrics", timeout=10).text
