@@ -100,15 +100,24 @@ check_children() {
 
 shutdown() {
     : >"$DRAIN_FILE"
-    log "stop requested: /health now answers 503; serving on for the ${GRACE_PERIOD}s grace period"
     # Whole seconds counted, not `date +%s` compared: that made the grace period up to a second short.
     # sleep runs in the foreground, so a second signal does not cut the grace period short either.
     waited=0
-    [ -z "$interrupted" ] || waited=$GRACE_PERIOD   # Ctrl-C: no grace period, the terminal's user is here
+    if [ -n "$interrupted" ]; then   # Ctrl-C: no grace period, the terminal's user is here
+        log "stop requested (Ctrl-C): /health now answers 503; no grace period, stopping now"
+        waited=$GRACE_PERIOD
+    else
+        log "stop requested: /health now answers 503; serving on for the ${GRACE_PERIOD}s grace period" \
+            "(until $(date -u -d "@$(( $(date +%s) + GRACE_PERIOD ))" +%H:%M:%SZ 2>/dev/null || echo "+${GRACE_PERIOD}s"))"
+    fi
     while [ "$waited" -lt "$GRACE_PERIOD" ]; do
         check_children
         sleep 1
         waited=$(( waited + 1 ))
+        # A line every 10 s, so that a user watching the log sees the stop is under way, not hung.
+        if [ $(( waited % 10 )) -eq 0 ] && [ "$waited" -lt "$GRACE_PERIOD" ]; then
+            log "grace period: $(( GRACE_PERIOD - waited ))s left, still serving"
+        fi
     done
     log "grace period over: stopping gunicorn (in-flight requests finish first)"
     stop gunicorn "$gunicorn_pid" "$gunicorn_limit"
@@ -124,6 +133,16 @@ rm -f "$DRAIN_FILE" "$DRAIN_FILE".crashed.*   # crash marks of a model (serving/
 rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/serving-run.XXXXXX")   # Triton's output pipe and its load errors
 trap 'rm -rf "$PROMETHEUS_MULTIPROC_DIR" "$run_dir"' EXIT
+# The proxy's port, checked before anything starts (else gunicorn's "Address already in use" comes only after
+# Triton has loaded every model).
+PORT=${PORT:-8080}
+if ! "$PROXY_PYTHON" -c 'import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))' "$PORT" 2>/dev/null; then
+    log "port $PORT is taken (another service listens on it): stop that one, or set PORT to a free port"
+    exit 1
+fi
 # A config.json that cannot be served stops the start before Triton loads anything.
 if ! why=$("$PROXY_PYTHON" -m serving.modelarts "$MODELARTS_CONFIG" 2>&1); then
     log "$why"

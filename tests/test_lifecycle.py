@@ -1,6 +1,7 @@
 """run.sh's lifecycle, on stacks of their own: SIGTERM order, in-flight requests, dead children, a stalled Triton."""
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -8,7 +9,7 @@ import time
 import pytest
 import requests
 
-from conftest import body, encode, wait_for
+from conftest import Stack, body, encode, wait_for
 
 BOUNDARY = "lifecycle-test-boundary"
 
@@ -143,3 +144,29 @@ def test_ctrl_c_stops_everything_at_once_and_exits_0(new_stack):
     assert took < 20, took   # not the 30 s grace period
     assert "shutdown complete" in log and "exited on its own" not in log
     wait_for(lambda: not stack.pids(""), 10, "no process of the stack left")
+
+
+def test_a_taken_port_stops_the_start_before_triton_naming_the_setting(tmp_path):
+    taken = socket.socket()
+    taken.bind(("0.0.0.0", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    stack = Stack(tmp_path, PORT=port)
+    started = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError) as err:
+            stack.start()
+    finally:
+        taken.close()
+    assert f"port {port} is taken (another service listens on it): stop that one, or set PORT to a free port" in \
+        str(err.value)
+    assert "starting Triton" not in stack.log() and time.monotonic() - started < 10
+
+
+def test_the_grace_period_says_when_it_ends_and_that_it_is_under_way(new_stack):
+    stack = new_stack(GRACE_PERIOD="12")
+    stack.proc.send_signal(signal.SIGTERM)
+    assert stack.proc.wait(60) == 0
+    log = stack.log()
+    assert re.search(r"serving on for the 12s grace period \(until \d\d:\d\d:\d\dZ\)", log), log[-2000:]
+    assert "grace period: 2s left, still serving" in log
