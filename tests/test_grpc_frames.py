@@ -435,3 +435,28 @@ def test_request_blocks_do_not_grow_with_deadlines_that_vary_per_call():
         assert p.block("/inference.GRPCInferenceService/ModelInfer", timeout) == request_block(
             p.authority, "/inference.GRPCInferenceService/ModelInfer", timeout)
     assert len(p.blocks) == 1 and len(p.timeouts) == TIMEOUTS_KEPT
+
+
+def test_a_streaming_calls_window_comes_back_only_as_its_caller_takes_the_messages():   # RFC 9113 5.2, 6.9
+    """Backpressure: a caller that does not read (an SSE client that reads slowly) holds the server once the
+    stream's window is used; what it takes is given back. Unary calls are given back as data comes."""
+    proto, enc = Recorder(), hpack.Encoder()
+    stream = proto.open(streaming=True)
+    proto.feed(f.frame(f.HEADERS, f.END_HEADERS, stream.id, enc.encode([(":status", "200"),
+                                                                         ("content-type", "application/grpc")])))
+    size = f.RECV_FRAME_SIZE - 5
+    message = struct.pack(">BI", 0, size) + b"m" * size
+    frames = f.STREAM_WINDOW // 2 // f.RECV_FRAME_SIZE + 4   # past half the window
+    proto.feed(f.frame(f.DATA, 0, stream.id, message) * frames)
+    assert len(proto.woken) == frames and stream.held == frames * f.RECV_FRAME_SIZE
+    assert [s for s in proto.sent() if s[2] == stream.id] == []   # nothing given back on the stream yet
+    for _, taken in proto.woken:
+        proto.consumed(stream, taken)
+    given = [s for s in proto.sent() if s[2] == stream.id]
+    assert given == [(f.WINDOW_UPDATE, 0, stream.id, struct.pack(">I", f.STREAM_WINDOW // 2))]
+    assert stream.held == 0 and stream.recv_unacked == (frames * f.RECV_FRAME_SIZE) - f.STREAM_WINDOW // 2
+    # A server that sends past the window while the caller holds it breaks the connection.
+    stream.held = f.STREAM_WINDOW - stream.recv_unacked - 2
+    with pytest.raises(f.ProtocolError) as caught:
+        proto.feed(f.frame(f.DATA, 0, stream.id, b"abc"))
+    assert caught.value.code == f.E_FLOW_CONTROL

@@ -107,6 +107,7 @@ class ResponseStream:
         if isinstance(item, RpcError):
             self.finished = True
             raise item
+        self.conn.consumed(self.stream, item)   # its window back to the server only now: a slow reader holds it
         return item
 
     def cancel(self):

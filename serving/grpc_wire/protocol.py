@@ -16,11 +16,12 @@ TIMEOUTS_KEPT = 64   # grpc-timeout fields kept per connection (a route's consta
 
 class StreamState:
     """One call's stream, as the protocol sees it. `buf` is None for a unary call; a streaming call's bytes of an
-    unfinished message wait there."""
-    __slots__ = ("id", "send_window", "recv_unacked", "headers", "data", "done", "sending", "buf")
+    unfinished message wait there. `held`: a streaming call's bytes received but not yet taken by its caller,
+    whose window is given back only as the caller takes them (backpressure: a slow reader holds the server)."""
+    __slots__ = ("id", "send_window", "recv_unacked", "headers", "data", "done", "sending", "buf", "held")
 
     def __init__(self, stream_id, send_window, streaming=False):
-        self.id, self.send_window, self.recv_unacked = stream_id, send_window, 0
+        self.id, self.send_window, self.recv_unacked, self.held = stream_id, send_window, 0, 0
         self.headers, self.data, self.done, self.sending = None, [], False, False
         self.buf = bytearray() if streaming else None
 
@@ -162,12 +163,15 @@ class ClientProtocol:
             return   # a stream we cancelled: its late frames are dropped
         if stream.headers is None:
             return self._reset(stream, E_PROTOCOL, "DATA before the response headers")
-        if stream.recv_unacked + n > STREAM_WINDOW:
+        if stream.held + stream.recv_unacked + n > STREAM_WINDOW:
             raise ProtocolError("the server overran the stream's window", E_FLOW_CONTROL)
+        data = unpad(flags, payload)
         if stream.buf is None:
-            stream.data.append(unpad(flags, payload))
-        else:   # a streaming call: each whole message goes to its caller at once
-            stream.buf += unpad(flags, payload)
+            stream.data.append(data)
+        else:   # a streaming call: each whole message goes to its caller at once, its window when it takes it
+            stream.buf += data
+            stream.held += len(data)
+            n -= len(data)   # the padding, if any, is given back now
             try:
                 for message in take_messages(stream.buf):
                     self._wake(stream, message)
@@ -175,9 +179,20 @@ class ClientProtocol:
                 return self._reset(stream, E_PROTOCOL, exc.why)
         if flags & END_STREAM:
             return self._finish(stream, RpcError(UNAVAILABLE, "the server ended the stream without trailers"))
+        self._give_back(stream, n)
+
+    def _give_back(self, stream, n):
         stream.recv_unacked, due = received(stream.recv_unacked, n, STREAM_WINDOW)
         if due:
-            self._write(window_update(stream_id, due))
+            self._write(window_update(stream.id, due))
+
+    def consumed(self, stream, message):
+        """A streaming call's caller took `message`: its bytes (and its 5-byte prefix) count against the stream's
+        window no more."""
+        n = len(message) + 5
+        stream.held -= n
+        if not stream.done:
+            self._give_back(stream, n)
 
     def _headers(self, stream_id, flags, block):
         headers = self.decoder.decode(block)   # decoded even for a stream that is gone: the table must follow
