@@ -117,7 +117,14 @@ class Upstream:
         (EOF means Triton closed it; bytes would answer nothing we asked)."""
         while True:
             try:
-                sock = self.pool.get_socket()   # a new connection when none is idle
+                # A new connection when none is idle; when all V2_CONNECTIONS are busy, a wait within the deadline.
+                with gevent.Timeout(self.timeout, False):
+                    sock = None
+                    sock = self.pool.get_socket()
+                if sock is None:
+                    self.on_error("busy")
+                    raise errors.Unavailable(f"every connection to the inference server's HTTP port was busy for "
+                                             f"{self.timeout:g} s (V2_CONNECTIONS)", retry_after=1)
             except OSError as exc:
                 raise self._fail("unavailable", exc) from None
             sock.settimeout(0.0)   # gevent then answers at once instead of waiting for data

@@ -391,3 +391,22 @@ def test_a_call_that_finds_no_free_slot_until_its_deadline_is_a_503_with_retry_a
     assert 0.15 < time.monotonic() - started < 1
     assert (err.value.status, err.value.retry_after, err.value.message) == (
         503, 1, "model 'busy' is busy: every call this worker may have in flight to it was taken for 0.2 s")
+
+
+def test_a_v2_call_that_finds_every_connection_busy_until_its_deadline_is_a_503_with_retry_after():
+    import time
+    from serving import v2
+    from serving.errors import Unavailable
+    upstream = v2.Upstream("127.0.0.1", 9, 1, 0.2, 1024)
+
+    class Busy:   # every connection taken: get_socket waits
+        def get_socket(self):
+            import gevent
+            gevent.sleep(10)
+    upstream.pool = Busy()
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as err:
+        upstream._socket()
+    assert 0.15 < time.monotonic() - started < 2 and err.value.retry_after == 1
+    assert err.value.message == ("every connection to the inference server's HTTP port was busy for 0.2 s "
+                                 "(V2_CONNECTIONS)")
