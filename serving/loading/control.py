@@ -35,7 +35,8 @@ class ModelControl:
         self.client.call("RepositoryModelUnload", service_pb2.RepositoryModelUnloadRequest(model_name=name), timeout)
         limit = min(time.monotonic() + UNLOAD_WAIT_S, deadline)
         while True:
-            if self.index().get(name, ("", ""))[0] not in HELD:
+            # each look at the index within what is left of the wait, not the default timeout
+            if self.index(max(0.001, min(self.timeout, limit - time.monotonic()))).get(name, ("", ""))[0] not in HELD:
                 return True
             if time.monotonic() >= limit:
                 return False
