@@ -119,7 +119,11 @@ shutdown() {
             log "grace period: $(( GRACE_PERIOD - waited ))s left, still serving"
         fi
     done
-    log "grace period over: stopping gunicorn (in-flight requests finish first)"
+    if [ -n "$interrupted" ]; then
+        log "stopping gunicorn"
+    else
+        log "grace period over: stopping gunicorn (in-flight requests finish first)"
+    fi
     stop gunicorn "$gunicorn_pid" "$gunicorn_limit"
     log "stopping Triton"
     stop Triton "$triton_pid" "$triton_limit"
