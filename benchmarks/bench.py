@@ -209,6 +209,8 @@ def build_repository(workdir, only=None):
     repo.mkdir()
     for parent in (ROOT / "model_repository", HERE / "models"):
         for model in parent.iterdir():
+            if model.name == "smollm2" and not only:   # the LLM has a section and a stack of its own (llm.py)
+                continue
             if (model / "config.pbtxt").exists() and (not only or model.name in only):
                 (repo / model.name).symlink_to(model)
     # The embedding model again, without dynamic batching, to show what batching buys.

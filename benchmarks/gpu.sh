@@ -35,6 +35,7 @@ require=--require-gpu
 [ "${REQUIRE_GPU:-1}" = 1 ] || require=
 # The proxy gets the product's default workers (one per CPU). The per-worker peers (FastAPI, hand-rolled) need
 # packages the pack does not carry (uvicorn, grpcio's aio client): that comparison is made on the CPU machine.
+# The LLM section needs SmolLM2's converted weights (514 MB), over what a GPU run may carry (64 MiB): left out.
 "$W/venv/bin/python" benchmarks/bench.py $require --gpu "${gpu:-no GPU}" --seconds "${BENCH_SECONDS:-3}" \
-    --no-perf-analyzer --no-peers --name "$name" --out "${OUT:-benchmarks/results}"
+    --no-perf-analyzer --no-peers --no-llm --name "$name" --out "${OUT:-benchmarks/results}"
 echo "gpu.sh: done in $(( $(date +%s) - started ))s"
