@@ -258,8 +258,7 @@ class Loader:
             self.files.release(name)
         if gone:   # asked but still held by Triton at the deadline: neither logged nor counted as gone
             log.info("model %r unloaded (least recently used, to stay within %s)", name, self.budget)
-        if gone and self.metrics is not None:
-            self.metrics.model_unloaded(name, reason)
+            self.metrics is None or self.metrics.model_unloaded(name, reason)
         return gone
 
     def _load(self, name, deadline, reload=False):
