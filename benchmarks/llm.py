@@ -92,7 +92,7 @@ def token_times(request, side):
                     choice = (json.loads(line[6:]).get("choices") or [{}])[0]
                     pieces += bool((choice.get("delta") or {}).get("content"))
             times += [at] * pieces
-        else:
+        elif (out.get("text_output") if isinstance(out, dict) else out):   # not the final, empty response
             times.append(at)
     return times
 
