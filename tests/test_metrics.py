@@ -72,7 +72,9 @@ def test_openapi_document_is_valid_and_describes_every_api(stack):
     validate(doc)
     assert doc["openapi"] == "3.1.0"
     assert set(doc["paths"]) == {"/", "/embeddings", "/generate", "/v1/chat/completions", "/v1/completions",
-                                 "/health", "/metrics"}
+                                 "/v1/embeddings", "/v1/models", "/health", "/metrics"}
+    models = doc["paths"]["/v1/models"]["get"]   # a GET api: no request body
+    assert "requestBody" not in models and "OpenAI-compatible" in models["description"]
     generate = doc["paths"]["/generate"]["post"]   # a decoupled model: JSON, or Server-Sent Events when asked
     assert set(generate["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
     mnist = doc["paths"]["/"]["post"]
