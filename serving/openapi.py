@@ -57,9 +57,12 @@ def document(config, routes=None, title="", metrics=True, streaming=()):
                 **_errors(["400", "404", "405", "413", "415", "503", "504"]),
             },
         }
-        if route.url.endswith(("/v1/models", "/v1/embeddings")):
+        if route.url.endswith(("/v1/models", "/v1/embeddings")):   # OpenAI's, whatever model stands for them
             operation["description"] = "OpenAI-compatible; errors are OpenAI's error object."
-        if route.url in streaming and route.url.endswith(("/v1/chat/completions", "/v1/completions")):
+            if route.url.endswith("/v1/models"):
+                operation["summary"] = "The models, in OpenAI's list shape"
+                operation.pop("x-triton-model", None)
+        elif route.url in streaming and route.url.endswith(("/v1/chat/completions", "/v1/completions")):
             operation["description"] = ("OpenAI-compatible: with `\"stream\": true` the answer is OpenAI's chunks as "
                                         "Server-Sent Events, then `data: [DONE]`; errors are OpenAI's error object.")
             operation["responses"]["200"]["content"]["text/event-stream"] = {"schema": {"type": "string"}}
