@@ -460,3 +460,22 @@ def test_a_streaming_calls_window_comes_back_only_as_its_caller_takes_the_messag
     with pytest.raises(f.ProtocolError) as caught:
         proto.feed(f.frame(f.DATA, 0, stream.id, b"abc"))
     assert caught.value.code == f.E_FLOW_CONTROL
+
+
+def test_a_unary_answer_over_the_limit_is_refused_not_held(monkeypatch):
+    """A unary answer is held whole until its trailers: past ANSWER_LIMIT the stream is reset (CANCEL) and the
+    caller gets RESOURCE_EXHAUSTED saying so, instead of the worker holding whatever the server sends."""
+    from serving.grpc_wire import protocol
+    monkeypatch.setattr(protocol, "ANSWER_LIMIT", 3 * f.RECV_FRAME_SIZE)
+    proto, enc = Recorder(), hpack.Encoder()
+    stream = proto.open()
+    proto.feed(f.frame(f.HEADERS, f.END_HEADERS, stream.id, enc.encode([(":status", "200"),
+                                                                         ("content-type", "application/grpc")])))
+    chunk = f.frame(f.DATA, 0, stream.id, b"x" * f.RECV_FRAME_SIZE)
+    proto.feed(chunk * 3)
+    assert proto.woken == [] and stream.id in proto.streams
+    proto.feed(chunk)
+    assert (f.RST_STREAM, 0, stream.id, struct.pack(">I", f.E_CANCEL)) in proto.sent()
+    (sid, error), = proto.woken
+    assert sid == stream.id and error.code == f.RESOURCE_EXHAUSTED and error.details == f"the answer is over {3 * f.RECV_FRAME_SIZE >> 20} MB"
+    assert stream.id not in proto.streams

@@ -30,6 +30,7 @@ DEFAULT_WINDOW = 65535             # a window before SETTINGS say otherwise (RFC
 DEFAULT_FRAME_SIZE = 16384
 RECV_FRAME_SIZE = 1 << 20          # what we let the server send in one frame (SETTINGS_MAX_FRAME_SIZE)
 STREAM_WINDOW = 1 << 24            # our receive window per stream (SETTINGS_INITIAL_WINDOW_SIZE): 16 MiB
+ANSWER_LIMIT = 1 << 28             # a unary answer over this (256 MiB) is refused, not held in the worker
 CONNECTION_WINDOW = 1 << 30        # our receive window for the connection (raised by WINDOW_UPDATE at start)
 
 _FRAME = struct.Struct(">HBBBI")   # length (24 bits as 16 + 8), type, flags, stream id

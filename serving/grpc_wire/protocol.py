@@ -2,13 +2,14 @@
 streams, the windows and the header table, and which frames we owe it. The driver (connection.py) subclasses it,
 feeds it frames and supplies the hooks that move bytes and wake callers; tests/test_grpc_frames.py feeds it frames
 with no socket at all."""
-from .frames import (ACK, CONNECTION_WINDOW, CONTINUATION, DATA, DEFAULT_FRAME_SIZE, DEFAULT_WINDOW, E_FLOW_CONTROL,
-                     E_PROTOCOL, END_HEADERS, END_STREAM, GOAWAY, HEADERS, MAX_STREAM_ID, PADDED, PING,
-                     PRIORITY_FLAG, PUSH_PROMISE, RST_STREAM, S_INITIAL_WINDOW_SIZE, S_MAX_CONCURRENT_STREAMS,
-                     S_MAX_FRAME_SIZE, SETTINGS, STREAM_WINDOW, UNAVAILABLE, WINDOW_UPDATE, HeaderDecoder,
-                     ProtocolError, RpcError, frame, grow, header_fragment, parse_goaway, parse_ping,
-                     parse_rst_stream, parse_settings, parse_window_update, received, refused, request_block,
-                     rst_stream, status_error, take_messages, timeout_field, unary_result, unpad, window_update)
+from .frames import (ACK, ANSWER_LIMIT, CONNECTION_WINDOW, CONTINUATION, DATA, DEFAULT_FRAME_SIZE, DEFAULT_WINDOW,
+                     END_HEADERS, END_STREAM, E_CANCEL, E_FLOW_CONTROL, E_PROTOCOL, GOAWAY, HEADERS, MAX_STREAM_ID,
+                     PADDED, PING, PRIORITY_FLAG, PUSH_PROMISE, RESOURCE_EXHAUSTED, RST_STREAM, SETTINGS,
+                     STREAM_WINDOW, S_INITIAL_WINDOW_SIZE, S_MAX_CONCURRENT_STREAMS, S_MAX_FRAME_SIZE, UNAVAILABLE,
+                     WINDOW_UPDATE, HeaderDecoder, ProtocolError, RpcError, frame, grow, header_fragment,
+                     parse_goaway, parse_ping, parse_rst_stream, parse_settings, parse_window_update, received,
+                     refused, request_block, rst_stream, status_error, take_messages, timeout_field, unary_result,
+                     unpad, window_update)
 
 END = object()   # a streaming call's end, after its last message
 TIMEOUTS_KEPT = 64   # grpc-timeout fields kept per connection (a route's constant deadline; never the varying ones)
@@ -17,11 +18,12 @@ TIMEOUTS_KEPT = 64   # grpc-timeout fields kept per connection (a route's consta
 class StreamState:
     """One call's stream, as the protocol sees it. `buf` is None for a unary call; a streaming call's bytes of an
     unfinished message wait there. `held`: a streaming call's bytes received but not yet taken by its caller,
-    whose window is given back only as the caller takes them (backpressure: a slow reader holds the server)."""
-    __slots__ = ("id", "send_window", "recv_unacked", "headers", "data", "done", "sending", "buf", "held")
+    whose window is given back only as the caller takes them (backpressure: a slow reader holds the server);
+    `size`: a unary call's answer so far (ANSWER_LIMIT bounds it)."""
+    __slots__ = ("id", "send_window", "recv_unacked", "headers", "data", "done", "sending", "buf", "held", "size")
 
     def __init__(self, stream_id, send_window, streaming=False):
-        self.id, self.send_window, self.recv_unacked, self.held = stream_id, send_window, 0, 0
+        self.id, self.send_window, self.recv_unacked, self.held, self.size = stream_id, send_window, 0, 0, 0
         self.headers, self.data, self.done, self.sending = None, [], False, False
         self.buf = bytearray() if streaming else None
 
@@ -168,6 +170,11 @@ class ClientProtocol:
         data = unpad(flags, payload)
         if stream.buf is None:
             stream.data.append(data)
+            stream.size += len(data)   # a unary answer, held whole until its trailers: bounded
+            if stream.size > ANSWER_LIMIT:
+                self._write(rst_stream(stream.id, E_CANCEL))
+                return self._finish(stream, RpcError(RESOURCE_EXHAUSTED, f"the answer is over "
+                                                                         f"{ANSWER_LIMIT >> 20} MB"))
         else:   # a streaming call: each whole message goes to its caller at once, its window when it takes it
             stream.buf += data
             stream.held += len(data)
