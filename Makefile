@@ -19,7 +19,7 @@ MODEL_TORCH ?= torch==2.13.0
 TRITON_HOME = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pytriton/tritonserver
 STACK_ENV = TRITON_HOME=$(TRITON_HOME) MODEL_PYTHON=$(abspath $(PY)) PROXY_PYTHON=$(abspath $(PY))
 
-.PHONY: install container-tools bench-tools serve test train bench soak config rehearse clean
+.PHONY: install container-tools bench-tools serve test train bench perf soak config rehearse clean
 
 install: $(STAMP) $(LLM_WEIGHTS)
 
@@ -88,6 +88,13 @@ bench-tools: install
 
 bench: bench-tools
 	$(STACK_ENV) $(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+# perf_analyzer through the service's port and straight to Triton, with the ratio (README: "KServe v2 on :8080"):
+#   make perf MODEL=mnist CONCURRENCY=8 [SAMPLE=input=path] [URL=127.0.0.1:8080] [DIRECT=127.0.0.1:8000]
+perf: bench-tools
+	$(PY) benchmarks/perf.py --model $(or $(MODEL),mnist) --concurrency $(or $(CONCURRENCY),8) \
+	  --url $(or $(URL),127.0.0.1:8080) --direct $(or $(DIRECT),127.0.0.1:8000) $(addprefix --sample ,$(SAMPLE)) \
+	  $(PERF_ARGS)
 
 # 10 minutes at c=32 (MNIST, embeddings, a little bad input): RSS drift, errors, p99 per minute.
 soak: install

@@ -1,5 +1,6 @@
 """The KServe v2 pass-through on the proxy's port: allowed endpoints answer as Triton does, byte for byte; the
 admin API is refused before it reaches Triton; bodies stream; perf_analyzer and tritonclient work through it."""
+import base64
 import csv
 import json
 import re
@@ -182,3 +183,20 @@ def test_perf_analyzer_runs_through_the_proxy(stack, tmp_path):
     row = next(csv.DictReader(out.open()))
     assert float(row["Inferences/Second"]) > 0
     assert "error" not in proc.stdout.lower(), proc.stdout[-3000:]
+
+
+def test_make_perf_runs_perf_analyzer_both_sides_and_prints_the_ratio(stack):
+    """The README's one command, against this stack's ports: the input built from the model's metadata and the
+    sample, perf_analyzer found with its library path, both sides measured."""
+    direct = f"127.0.0.1:{stack.env['TRITON_HTTP_PORT']}"
+    proc = subprocess.run(["make", "-s", "perf", "MODEL=mnist", "CONCURRENCY=2", f"URL=127.0.0.1:{stack.port}",
+                           f"DIRECT={direct}", "PERF_ARGS=--seconds 1.5"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert any(line.startswith(f"direct {direct}") and "infer/s" in line for line in lines), proc.stdout
+    assert any(line.startswith(f"proxy  127.0.0.1:{stack.port}") for line in lines), proc.stdout
+    ratio = float(next(line for line in lines if line.startswith("through the service / direct:")).split()[5])
+    assert ratio > 0
+    doc = json.load(open(os.path.join(ROOT, "build", "perf", "mnist-input.json")))
+    assert base64.b64decode(doc["data"][0]["images"]["b64"])[4:] == SEVEN
