@@ -11,7 +11,6 @@ The proxy's CPU per token is its gunicorn processes' utime+stime (/proc) over th
     python benchmarks/llm.py [--seconds N] [--out benchmarks/results]     (make bench runs it too)
 """
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -22,6 +21,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 from conftest import Stack  # noqa: E402
 from measure import proc_cpu, standalone  # noqa: E402
+from perf import perf_analyzer  # noqa: E402
 
 TOKENS = 32
 MESSAGES = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
@@ -36,15 +36,6 @@ def repository(workdir):
                          capture_output=True, text=True).stdout
     (repo / "config.json").write_text(doc)
     return repo
-
-
-def perf_analyzer():
-    """(the binary, its environment): tritonclient 2.51's perf_analyzer needs libcudart from the CUDA runtime wheel."""
-    venv_bin = pathlib.Path(sys.executable).parent
-    import nvidia.cuda_runtime
-    lib = os.path.join(list(nvidia.cuda_runtime.__path__)[0], "lib")
-    env = dict(os.environ, LD_LIBRARY_PATH=lib + ":" + os.environ.get("LD_LIBRARY_PATH", ""))
-    return str(venv_bin / "perf_analyzer"), env
 
 
 def inputs(workdir, side):
