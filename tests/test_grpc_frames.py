@@ -420,7 +420,7 @@ def test_request_blocks_are_built_once_per_path_and_timeout():
     proto = Recorder()
     first = proto.block("/a/B", 1.0)
     assert proto.block("/a/B", 1.0) == first and proto.block("/a/B", 2.0) != first
-    assert list(proto.blocks) == ["/a/B"] and set(proto.timeouts) == {1.0, 2.0}
+    assert list(proto.blocks) == ["/a/B"] and set(proto.whole) == {("/a/B", 1.0), ("/a/B", 2.0)}
 
 
 def test_request_blocks_do_not_grow_with_deadlines_that_vary_per_call():
@@ -434,7 +434,7 @@ def test_request_blocks_do_not_grow_with_deadlines_that_vary_per_call():
         timeout = 30.0 - i * 0.0017
         assert p.block("/inference.GRPCInferenceService/ModelInfer", timeout) == request_block(
             p.authority, "/inference.GRPCInferenceService/ModelInfer", timeout)
-    assert len(p.blocks) == 1 and len(p.timeouts) == TIMEOUTS_KEPT
+    assert len(p.blocks) == 1 and len(p.whole) == TIMEOUTS_KEPT
 
 
 def test_a_streaming_calls_window_comes_back_only_as_its_caller_takes_the_messages():   # RFC 9113 5.2, 6.9

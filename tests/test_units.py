@@ -380,17 +380,64 @@ def test_infer_request_written_as_bytes_equals_the_protobuf_message():
 
 def test_a_call_that_finds_no_free_slot_until_its_deadline_is_a_503_with_retry_after():
     import time
-    from gevent.lock import Semaphore
     from serving import triton
     from serving.errors import Unavailable
+    from serving.slots import Slots
     info = ModelInfo("busy", "", {}, {}, False)
-    guard = triton.Guard(info, 0.2, Semaphore(0))
+    guard = triton.Guard(info, 0.2, Slots(0))
     started = time.monotonic()
     with pytest.raises(Unavailable) as err:
         guard.enter()
     assert 0.15 < time.monotonic() - started < 1
     assert (err.value.status, err.value.retry_after, err.value.message) == (
         503, 1, "model 'busy' is busy: every call this worker may have in flight to it was taken for 0.2 s")
+
+
+def test_slots_are_handed_first_come_and_a_wait_ends_at_its_deadline():
+    import time
+    import gevent
+    from serving.slots import Slots
+    slots, order = Slots(2), []
+
+    def call(i, hold, wait):
+        ok = slots.acquire(time.monotonic() + wait)
+        order.append((i, ok))
+        if ok:
+            gevent.sleep(hold)
+            slots.release()
+    started = time.monotonic()
+    gevent.joinall([gevent.spawn(call, 0, 0.5, 1), gevent.spawn(call, 1, 0.5, 1), gevent.spawn(call, 2, 0, 0.2),
+                    gevent.spawn(call, 3, 0, 1), gevent.spawn(call, 4, 0, 1)])
+    # 2 gave up at its deadline (0.2 s) while 0 and 1 held both slots; 3 and 4 got theirs in their order at 0.5 s
+    assert order == [(0, True), (1, True), (2, False), (3, True), (4, True)]
+    assert 0.45 < time.monotonic() - started < 1.0
+    assert (slots.free, slots.waiting) == (2, 0)
+    gevent.sleep(0.3)
+    assert slots.sweeper is None   # alive only while someone waits
+
+
+def test_a_call_killed_while_it_waits_for_a_slot_leaves_the_slots_whole():
+    import time
+    import gevent
+    from serving.slots import Slots
+    slots = Slots(1)
+    assert slots.acquire(time.monotonic() + 5)
+    waiting = gevent.spawn(slots.acquire, time.monotonic() + 5)
+    gevent.sleep(0.01)
+    assert slots.waiting == 1
+    waiting.kill()   # a client that hung up
+    assert (slots.waiting, slots.free) == (0, 0)
+    slots.release()
+    assert (slots.waiting, slots.free, slots.in_use) == (0, 1, 0)
+    # a release hands the slot to the first waiter directly: no one can take it in between
+    assert slots.acquire(time.monotonic() + 5)
+    handed = gevent.spawn(slots.acquire, time.monotonic() + 5)
+    gevent.sleep(0.01)
+    slots.release()
+    assert (slots.free, slots.waiting, slots.acquire(time.monotonic())) == (0, 0, False)
+    assert handed.get() is True
+    slots.release()
+    assert slots.free == 1
 
 
 def test_a_v2_call_that_finds_every_connection_busy_until_its_deadline_is_a_503_with_retry_after():

@@ -179,7 +179,7 @@ class Connection(ClientProtocol):
         stream = _Stream(self.next_id, self.peer_window, streaming)
         self.next_id += 2
         self.streams[stream.id] = stream
-        block = self.blocks.get((path, timeout)) or self.block(path, timeout)
+        block = self.whole.get((path, timeout)) or self.block(path, timeout)
         parts = message if isinstance(message, (list, tuple)) else (message,)
         n = 5 + sum(len(p) for p in parts)
         try:

@@ -12,7 +12,7 @@ from .frames import (ACK, ANSWER_LIMIT, CONNECTION_WINDOW, CONTINUATION, DATA, D
                      unpad, window_update)
 
 END = object()   # a streaming call's end, after its last message
-TIMEOUTS_KEPT = 64   # grpc-timeout fields kept per connection (a route's constant deadline; never the varying ones)
+TIMEOUTS_KEPT = 64   # whole blocks kept per connection (a route's constant deadline; never the varying ones)
 
 
 class StreamState:
@@ -48,7 +48,7 @@ class ClientProtocol:
         self.recv_unacked = 0
         self.decoder = HeaderDecoder()
         self.blocks = {}              # path -> request HEADERS block without its grpc-timeout (one per method)
-        self.timeouts = {}            # timeout -> its grpc-timeout field, at most TIMEOUTS_KEPT of them
+        self.whole = {}               # (path, timeout) -> the whole block, at most TIMEOUTS_KEPT of them
         self._continuation = None     # (stream id, flags, [fragments]) while a header block is open
 
     @property
@@ -56,18 +56,20 @@ class ClientProtocol:
         return not self.closed and not self.goaway and self.next_id <= MAX_STREAM_ID
 
     def block(self, path, timeout):
-        """The HEADERS block of a call to `path` with `timeout`: the path's part built once, the grpc-timeout field
-        added per call. Deadlines that vary per request (on-demand loading passes the time left) would make a cache
-        keyed by the timeout grow without end; the fields of constant timeouts are kept, a bounded few."""
+        """The HEADERS block of a call to `path` with `timeout`. Deadlines that vary per request (a call that waited
+        for its slot or its model passes the time left) would make a cache keyed by the timeout grow without end:
+        the path's part is built once and the grpc-timeout field added per call, and only the whole blocks of the
+        first TIMEOUTS_KEPT (path, timeout) pairs, a route's constant deadlines, are kept."""
+        whole = self.whole.get((path, timeout))
+        if whole is not None:
+            return whole
         block = self.blocks.get(path)
         if block is None:
             block = self.blocks[path] = request_block(self.authority, path)
-        field = self.timeouts.get(timeout)
-        if field is None:
-            field = timeout_field(timeout)
-            if len(self.timeouts) < TIMEOUTS_KEPT:
-                self.timeouts[timeout] = field
-        return block + field
+        whole = block + timeout_field(timeout)
+        if len(self.whole) < TIMEOUTS_KEPT:
+            self.whole[(path, timeout)] = whole
+        return whole
 
     # The driver's hooks (connection.py; the tests' recorder)
 
