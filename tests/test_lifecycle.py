@@ -133,8 +133,11 @@ def test_a_hung_gunicorn_is_killed_after_its_limit_and_triton_still_stops(new_st
 
 def test_ctrl_c_stops_everything_at_once_and_exits_0(new_stack):
     """Ctrl-C in a terminal sends SIGINT to every process of the foreground group: run.sh, gunicorn, Triton. A stop
-    asked for is not a fault: no grace period, every process gone, exit 0 (make serve then ends without an error)."""
+    asked for is not a fault: no grace period, every process gone, exit 0 (make serve then ends without an error),
+    and the log says so plainly: no worker traceback (gunicorn's own quick stop ended with `SystemExit: 0`)."""
     stack = new_stack(GRACE_PERIOD="30")
+    wait_for(lambda: len(stack.pids("gunicorn")) == 3, 30, "the master and both workers")
+    wait_for(lambda: stack.log().count("route POST / -> model") >= 2, 60, "both workers booted")
     started = time.monotonic()
     os.killpg(stack.proc.pid, signal.SIGINT)
     rc = stack.proc.wait(60)
@@ -143,6 +146,8 @@ def test_ctrl_c_stops_everything_at_once_and_exits_0(new_stack):
     assert rc == 0, log[-3000:]
     assert took < 20, took   # not the 30 s grace period
     assert "shutdown complete" in log and "exited on its own" not in log
+    assert "no grace period, stopping now" in log and "grace period over" not in log
+    assert "Traceback" not in log and "SystemExit" not in log, log[-3000:]
     wait_for(lambda: not stack.pids(""), 10, "no process of the stack left")
 
 

@@ -1,6 +1,7 @@
 """The on-demand scheduler's policy (serving/loading/policy.py) alone: which model is evicted, whose turn it is,
 whether a model fits. Pure functions, a fake clock, no Triton."""
 from serving.loading import choose_victim, fits, queue_head
+from serving.loading.policy import residency
 
 
 def test_the_victim_is_the_least_recently_used_past_its_residency():
@@ -16,6 +17,16 @@ def test_a_model_within_its_residency_quantum_is_not_chosen():
     assert choose_victim(["b"], last_used, loaded_at, now=20.0, min_residency=1.0) is None
     assert choose_victim(["b"], last_used, loaded_at, now=20.5, min_residency=1.0) == "b"   # the quantum is over
     assert choose_victim(["b"], last_used, loaded_at, now=20.0, min_residency=0.0) == "b"
+
+
+def test_a_model_slow_to_load_stays_as_long_as_its_load_took():
+    """The quantum pays for the load: a model whose load took 3 s serves at least 3 s before it makes room (a fixed
+    1 s quantum let a tight budget spend most of its time loading)."""
+    assert residency(1.0, None) == 1.0 and residency(1.0, 0.4) == 1.0 and residency(1.0, 3.0) == 3.0
+    loaded_at, last_used = {"slow": 10.0, "fast": 10.0}, {"slow": 1.0, "fast": 2.0}
+    quantum = {"slow": residency(1.0, 3.0), "fast": residency(1.0, 0.2)}
+    assert choose_victim(["slow", "fast"], last_used, loaded_at, now=12.0, min_residency=quantum) == "fast"
+    assert choose_victim(["slow", "fast"], last_used, loaded_at, now=13.0, min_residency=quantum) == "slow"
 
 
 def test_no_candidates_no_victim_and_ties_break_by_name():

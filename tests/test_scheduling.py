@@ -197,13 +197,12 @@ def test_a_wait_past_the_deadline_is_503_with_retry_after(tmp_path):
 @pytest.mark.parametrize("mix", ["uniform", "skewed"])
 def test_random_traffic_over_six_models_at_a_budget_of_two_loses_nothing(tmp_path, mix):
     """16 clients, each request to a model drawn at random (uniform, or 80 % to one model), for 12 s, MAX_LOADED_MODELS=2:
-    every answer is right, Triton never holds more than 2, and no request waits past its deadline. The deadline is
-    55 s, under the platform's 60: a request may wait for a swap of each of the five other models (about 3.6 s each
-    here, and twice that on a slow CI machine, where one request once waited 30 s)."""
+    every answer is right, Triton never holds more than 2 (loads run two at a time, each counted from its start),
+    and no request fails at the default deadline (REQUEST_TIMEOUT, 30 s): the slowest took 9 s here
+    (benchmarks/on_demand.py), where swaps one at a time with a fixed 1 s quantum took 27 s."""
     six = [f"m{i}" for i in range(1, 7)]
     repo = make_repository(tmp_path, six)
-    stack = Stack(tmp_path, MODEL_REPOSITORY=repo, MODEL_LOADING="on-demand", MAX_LOADED_MODELS=2,
-                  REQUEST_TIMEOUT=55).start()
+    stack = Stack(tmp_path, MODEL_REPOSITORY=repo, MODEL_LOADING="on-demand", MAX_LOADED_MODELS=2).start()
     weights = [1] * 6 if mix == "uniform" else [80] + [4] * 5
     stop, wrong, right, slowest = time.monotonic() + 12, [], [], [0.0]
 
@@ -228,6 +227,6 @@ def test_random_traffic_over_six_models_at_a_budget_of_two_loses_nothing(tmp_pat
         # benchmarks/on_demand.py): what is asserted is that no answer is lost or wrong, within the budget.
         assert wrong == [] and len(right) >= 16, (wrong[:5], len(right))
         assert len(poll.most) <= 2, poll.most
-        assert slowest[0] < 55, slowest
+        assert slowest[0] < 30, slowest
     finally:
         stack.terminate()

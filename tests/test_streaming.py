@@ -101,6 +101,49 @@ def test_a_deadline_mid_stream_ends_with_an_error_event_and_before_the_first_byt
     assert (resp.status_code, body(resp)) == (504, {"error": "inference did not finish within 4 s"})
 
 
+def rss_kb(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return total
+
+
+def test_a_slow_reader_holds_the_model_not_the_worker_and_others_are_unaffected(stack):
+    """A client that reads a heavy stream (8 KB events, 64 MB in all, as fast as the model makes them) one small
+    read a second: the worker takes only what it can pass on (the stream's window goes back to Triton as the
+    client reads), so the workers' memory grows by far less than the stream; the stream ends at its deadline with
+    an error event; another client meanwhile gets its answer at once."""
+    workers = [p for p in stack.pids("gunicorn") if p != min(stack.pids("gunicorn"))]
+    before = rss_kb(workers)
+    payload = json.dumps(ask(max_tokens=8000, pad=8192)).encode()
+    with socket.create_connection(("127.0.0.1", stack.port)) as slow:
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.sendall(b"POST /tokens HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
+        grown, others = [], []
+        for _ in range(6):   # past the 4 s deadline
+            slow.recv(64)
+            grown.append(rss_kb(workers) - before)
+            started = time.monotonic()
+            r = requests.post(stack.url + "/tokens", json=ask(max_tokens=3), timeout=10)
+            others.append((r.status_code, time.monotonic() - started))
+            time.sleep(1)
+        slow.settimeout(30)
+        rest = b""
+        while not rest.endswith(b"0\r\n\r\n"):   # the chunked answer's end
+            chunk = slow.recv(1 << 20)
+            if not chunk:
+                break
+            rest += chunk
+    # the whole stream would be 64 MB; the worker holds at most about one stream window (16 MiB) and socket buffers
+    assert max(grown) < 40_000, grown
+    assert all(status == 200 and took < 2 for status, took in others), others
+    tail = rest[-400:].decode(errors="replace")
+    assert "event: error" in tail and "inference did not finish within 4 s" in tail, tail
+    assert len(rest) < 48 << 20, len(rest)   # cut at the deadline, not the whole 64 MB
+
+
 def test_a_comment_line_is_the_heartbeat_while_no_token_comes(stack):
     resp = requests.post(stack.url + "/tokens", json=ask(max_tokens=3, delay=1.0), headers=SSE, stream=True,
                          timeout=30)

@@ -100,6 +100,17 @@ class SharedFiles:
         except FileNotFoundError:
             return None
 
+    def loading(self, name):
+        """Whether a worker loads `name` now, outside repository.lock (its mark names the worker's pid: the mark
+        of a worker that died is stale, and removed)."""
+        text = self.read_mark(name, "loading")
+        if text is None:
+            return False
+        if text.isdigit() and _alive(int(text)):
+            return True
+        self.clear_mark(name, "loading")
+        return False
+
     # The generation: a worker that saw a model READY at the current one knows it still is
 
     def current_generation(self):

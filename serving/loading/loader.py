@@ -14,13 +14,14 @@ from ..grpc_wire import DEADLINE_EXCEEDED, RpcError
 from .control import HELD, ModelControl
 from .files import SharedFiles, lock, unlock
 from .memory import Budget
-from .policy import choose_victim, queue_head
+from .policy import choose_victim, queue_head, residency
 
 log = logging.getLogger("serving.loading")
 
 LOAD_RETRY_S = 10.0
 TOUCH_S = 0.5
 WAIT_POLL_S = 0.05   # a model waiting for its turn looks again this often
+LOAD = "load"   # _turn's answer when room is made: the caller loads the model after repository.lock
 
 
 def late(name, budget, started=None):
@@ -169,7 +170,7 @@ class Loader:
             self.repo_guard.release()
             return False
         try:
-            return self._turn(name, deadline, self.control.index(self._remaining(deadline)))
+            turn = self._turn(name, deadline, self._states(deadline))
         except RpcError as exc:
             if exc.code == DEADLINE_EXCEEDED and time.monotonic() >= deadline - 0.01:
                 return False   # a look cut short by the request's own deadline: the wait ends as late
@@ -177,6 +178,22 @@ class Loader:
         finally:
             unlock(self.repo_fd)
             self.repo_guard.release()
+        if turn is LOAD:   # room is made and counted (its mark): the load runs beside the other models' turns
+            try:
+                self._load(name, deadline)
+            finally:
+                self.files.clear_mark(name, "loading")
+            return True
+        return turn
+
+    def _states(self, deadline):
+        """Triton's index, {model: (state, reason)}, with the models that a worker loads outside repository.lock
+        as LOADING (Triton's index says so only once its load has begun)."""
+        states = self.control.index(self._remaining(deadline))
+        for m, (state, reason) in states.items():
+            if state != "READY" and self.files.loading(m):
+                states[m] = ("LOADING", reason)
+        return states
 
     def _turn(self, name, deadline, states):
         """Under repository.lock, with Triton's index: load `name` if it is its turn and there is room."""
@@ -201,8 +218,11 @@ class Loader:
             self.files.next_generation()
             return True
         if self._make_room(name, states, deadline):
-            self._load(name, deadline)
-            return True
+            if self.memory is not None:   # a memory budget measures each load alone: loads take turns
+                self._load(name, deadline)
+                return True
+            self.files.set_mark(name, "loading", str(os.getpid()))
+            return LOAD
         return False
 
     def _waiting(self, delta, seconds=None):
@@ -234,7 +254,7 @@ class Loader:
         candidates = [m for m in held if m not in self.pinned and states[m][0] == "READY"]
         victim = choose_victim(candidates, {m: self.files.mtime(m, "lock") or 0.0 for m in candidates},
                                {m: self.files.mtime(m, "loaded") or float("-inf") for m in candidates}, time.time(),
-                               self.min_residency)
+                               {m: residency(self.min_residency, self._load_seconds(m)) for m in candidates})
         if victim is None:
             return False   # every candidate is within its residency quantum
         self.files.set_mark(victim, "draining")
@@ -277,7 +297,7 @@ class Loader:
             log.error("model %r failed to load: %s", name, reason)
             raise Unavailable(f"model {name!r} failed to load: {reason}") from None
         self.files.clear_mark(name, "failed")
-        self.files.set_mark(name, "loaded")
+        self.files.set_mark(name, "loaded", f"{time.monotonic() - started:.3f}")   # its residency scales with it
         self._count(name, "ok", started)
         if self.memory is not None:
             size = self.memory.record(name, gpu_before)
@@ -289,6 +309,13 @@ class Loader:
                 self.metrics.model_unloaded(name, "crashed")
         else:
             log.info("model %r loaded on demand in %.2f s", name, time.monotonic() - started)
+
+    def _load_seconds(self, name):
+        """How long `name`'s last load took (its loaded mark), or None."""
+        try:
+            return float(self.files.read_mark(name, "loaded") or "")
+        except ValueError:
+            return None
 
     def _count(self, name, result, started):
         if self.metrics is not None:

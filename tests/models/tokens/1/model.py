@@ -1,4 +1,4 @@
-"""Streams " tok0", " tok1", ... (max_tokens of them) after the prompt, one per response, in its own thread per
+"""Streams " tok0", " tok1", ... (max_tokens of them, each followed by `pad` x's) after the prompt, one per response, in its own thread per
 request so that concurrent streams interleave; honours is_cancelled() and fail_at."""
 import json
 import threading
@@ -35,7 +35,8 @@ class TritonPythonModel:
         params = json.loads(_input(request, "sampling_parameters", "") or "{}")
         exclude = bool(_input(request, "exclude_input_in_output", True))
         n, delay, fail_at = int(params.get("max_tokens", 8)), float(params.get("delay", 0)), params.get("fail_at")
-        tokens = [f" tok{i}" for i in range(n)]
+        pad = "x" * int(params.get("pad", 0))   # bytes added to each token: a long, heavy stream
+        tokens = [f" tok{i}{pad}" for i in range(n)]
         final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
 
         def text(t):
