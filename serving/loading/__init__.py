@@ -10,8 +10,11 @@ Scheduling, when a working set is larger than the budget (README: "Many models")
 - **the victim drains**: to make room, the least recently used unpinned model is marked draining. New requests
   for it wait like those of any model that is not loaded (it joins the queue's tail); its requests in flight
   finish; then it is unloaded and the head loads. Nothing is unloaded under a request;
-- **a residency quantum**: a model loaded less than MODEL_MIN_RESIDENCY seconds ago is not chosen, so a tight
-  budget takes turns instead of loading once per request;
+- **loads side by side**: the head of the queue makes room and marks its load under repository.lock, then loads
+  outside it, so that the next waiting model may take the other free place at once (under a memory budget, loads
+  take turns: each is measured alone);
+- **a residency quantum**: a model loaded less than MODEL_MIN_RESIDENCY seconds ago, or less than its own last
+  load took, is not chosen, so a tight budget takes turns instead of loading once per request;
 - **bounded waits**: a request's wait counts against its deadline; one whose turn does not come in time gets 503
   with Retry-After.
 
@@ -20,6 +23,7 @@ The package, by what each module knows:
 - files.py: the state the gunicorn workers share, as files in LOADING_DIR (locks, marks, the queue);
 - control.py: Triton's load, unload, index and readiness calls;
 - memory.py: what the loaded models hold (MODEL_MEMORY_BUDGET);
+- swaps.py: a load or an unload carried out and recorded (marks, metrics, log lines);
 - loader.py: the Loader, which carries out the policy's decisions with the other three: enter(model) before a
   request's call, leave(model) after it.
 """

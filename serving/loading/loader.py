@@ -15,6 +15,7 @@ from .control import HELD, ModelControl
 from .files import SharedFiles, lock, unlock
 from .memory import Budget
 from .policy import choose_victim, queue_head, residency
+from .swaps import Swaps
 
 log = logging.getLogger("serving.loading")
 
@@ -55,6 +56,7 @@ class Loader:
         self.pinned, self.memory, self.min_residency = set(pinned), memory, min_residency
         self.budget = Budget(max_loaded, memory)
         self.metrics = metrics
+        self.swaps = Swaps(self.control, self.files, memory, metrics)
         self.users = {}        # model -> _Users (fds used for the shared in-flight locks)
         self.touched = {}
         self.repo_fd = self.files.open_lock("repository")
@@ -180,7 +182,7 @@ class Loader:
             self.repo_guard.release()
         if turn is LOAD:   # room is made and counted (its mark): the load runs beside the other models' turns
             try:
-                self._load(name, deadline)
+                self.swaps.load(name, deadline)
             finally:
                 self.files.clear_mark(name, "loading")
             return True
@@ -201,7 +203,7 @@ class Loader:
         if self.files.marked(name, "crashed") and state == "READY":
             # Triton 2.51 keeps a model whose process died READY, and unloading it waits about 60 s on the
             # dead process. A load of a loaded model reloads it: a new process replaces the dead one.
-            self._load(name, deadline, reload=True)
+            self.swaps.load(name, deadline, reload=True)
             self.files.clear_mark(name, "crashed")
             return True
         draining = self.files.marked(name, "draining")
@@ -219,7 +221,7 @@ class Loader:
             return True
         if self._make_room(name, states, deadline):
             if self.memory is not None:   # a memory budget measures each load alone: loads take turns
-                self._load(name, deadline)
+                self.swaps.load(name, deadline)
                 return True
             self.files.set_mark(name, "loading", str(os.getpid()))
             return LOAD
@@ -246,7 +248,7 @@ class Loader:
         for victim in [m for m in held if self.files.marked(m, "draining")]:
             if states[victim][0] != "READY" or not self.files.take(victim):
                 return False   # still unloading, or its requests in flight have not all finished
-            if not self._unload(victim, "lru", deadline):
+            if not self.swaps.unload(victim, "lru", deadline, self.budget):
                 return False   # still unloading at the deadline: no load may start beside it
             held.remove(victim)
             if self.budget.fits(name, held):
@@ -254,73 +256,14 @@ class Loader:
         candidates = [m for m in held if m not in self.pinned and states[m][0] == "READY"]
         victim = choose_victim(candidates, {m: self.files.mtime(m, "lock") or 0.0 for m in candidates},
                                {m: self.files.mtime(m, "loaded") or float("-inf") for m in candidates}, time.time(),
-                               {m: residency(self.min_residency, self._load_seconds(m)) for m in candidates})
+                               {m: residency(self.min_residency, self.swaps.seconds(m)) for m in candidates})
         if victim is None:
             return False   # every candidate is within its residency quantum
         self.files.set_mark(victim, "draining")
         self.files.next_generation()
         log.info("model %r drains (least recently used) to make room for %r within %s", victim, name,
                  self.budget)
-        if self.files.take(victim) and self._unload(victim, "lru", deadline):   # nothing in flight: at once
+        if self.files.take(victim) and self.swaps.unload(victim, "lru", deadline, self.budget):   # nothing in flight: at once
             held.remove(victim)
             return self.budget.fits(name, held)
         return False
-
-    def _unload(self, name, reason, deadline):
-        """Unload `name` (held exclusively by take()), at most until the deadline: True when it is gone."""
-        gone = False
-        try:
-            gone = self.control.unload(name, self._remaining(deadline), deadline)
-        finally:
-            if gone:
-                self.files.clear_mark(name, "draining")
-            self.files.next_generation()
-            self.files.release(name)
-        if gone:   # asked but still held by Triton at the deadline: neither logged nor counted as gone
-            log.info("model %r unloaded (least recently used, to stay within %s)", name, self.budget)
-            self.metrics is None or self.metrics.model_unloaded(name, reason)
-        return gone
-
-    def _load(self, name, deadline, reload=False):
-        started = time.monotonic()
-        gpu_before = self.memory.before() if self.memory is not None else None
-        try:
-            self.control.load(name, self._remaining(deadline))
-        except RpcError as exc:
-            if exc.code == DEADLINE_EXCEEDED:
-                self._count(name, "timeout", started)
-                raise DeadlineExceeded(f"model {name!r} is still loading after the request's deadline; it goes on "
-                                       "loading: try again") from None
-            reason = (exc.details or exc.name).strip()
-            self.files.set_mark(name, "failed", reason)
-            self._count(name, "failed", started)
-            log.error("model %r failed to load: %s", name, reason)
-            raise Unavailable(f"model {name!r} failed to load: {reason}") from None
-        self.files.clear_mark(name, "failed")
-        self.files.set_mark(name, "loaded", f"{time.monotonic() - started:.3f}")   # its residency scales with it
-        self._count(name, "ok", started)
-        if self.memory is not None:
-            size = self.memory.record(name, gpu_before)
-            log.info("model %r holds %.1f MB (MODEL_MEMORY_BUDGET)", name, size / 1e6)
-        if reload:
-            self.files.next_generation()
-            log.info("model %r reloaded in %.2f s (its process had died)", name, time.monotonic() - started)
-            if self.metrics is not None:
-                self.metrics.model_unloaded(name, "crashed")
-        else:
-            log.info("model %r loaded on demand in %.2f s", name, time.monotonic() - started)
-
-    def _load_seconds(self, name):
-        """How long `name`'s last load took (its loaded mark), or None."""
-        try:
-            return float(self.files.read_mark(name, "loaded") or "")
-        except ValueError:
-            return None
-
-    def _count(self, name, result, started):
-        if self.metrics is not None:
-            try:
-                loaded = self.control.loaded()
-            except RpcError:
-                loaded = None
-            self.metrics.model_loaded(name, result, time.monotonic() - started, loaded)
