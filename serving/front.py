@@ -27,6 +27,27 @@ def _error(environ, start_response, exc, logged=True):
     return [body]
 
 
+class _Open:
+    """A stream's answer, counted in flight (proxy_inflight_requests, an autoscaler's signal) until the server
+    closes it: its last byte sent, or its client gone."""
+    __slots__ = ("body", "metrics")
+
+    def __init__(self, body, metrics):
+        self.body, self.metrics = body, metrics
+        metrics.inflight_now += 1
+
+    def __iter__(self):
+        return iter(self.body)
+
+    def close(self):
+        if self.metrics is not None:
+            self.metrics.inflight_now -= 1
+            self.metrics = None
+        close = getattr(self.body, "close", None)
+        if close is not None:
+            close()
+
+
 class Front:
     def __init__(self, app, upstream=None, metrics=None, urls=(), predicts=None, hold=None, v1=None):
         self.app = app                # Flask's wsgi_app
@@ -82,7 +103,7 @@ class Front:
             m.inflight_now += 1
             try:
                 if handler is not None:   # a stream (SSE, OpenAI): timed to the start of its answer
-                    body = handler(environ, start)
+                    body = _Open(handler(environ, start), m)   # in flight until its last byte
                     url = label
                 elif is_v2 and self.upstream is not None:
                     body = self.v2(environ, start)

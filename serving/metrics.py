@@ -18,6 +18,13 @@ template such as /v2/models/{model}/infer, or "other"; `method` is one of the HT
 - proxy_inflight_requests: requests being handled, summed over live workers
 - proxy_triton_errors_total{kind}: calls to Triton that failed (deadline, unavailable, protocol, or the gRPC
   status, e.g. invalid_argument, internal)
+For an autoscaler (deploy/k8s/: the HPA's and KEDA's signals; GPU utilisation says little about inference load):
+- proxy_inflight_requests counts a stream (SSE, OpenAI) until its last byte, not only to its first;
+- proxy_model_calls_in_flight{model}: calls to the model's Triton under way now (unary and streams), summed over
+  live workers;
+- proxy_model_calls_queued{model}: calls waiting for one of the model's slots in their worker (INFLIGHT_PER_MODEL,
+  STREAMS_PER_MODEL): the proxy's own queue, before Triton's (nv_inference_queue_duration_us, relayed below);
+- proxy_draining: 1 from SIGTERM on (run.sh's drain file), while /health answers 503 and the grace period runs.
 With MODEL_LOADING=on-demand (serving/loading/), also:
 - proxy_model_loads_total{model, result}: result ok, failed or timeout (the request's deadline passed first)
 - proxy_model_unloads_total{model, reason}: reason lru (to stay within MAX_LOADED_MODELS) or crashed
@@ -66,6 +73,13 @@ class Metrics:
                                           "turn and load", buckets=BUCKETS, registry=own)
             self.waiting = Gauge("proxy_model_waiting_requests", "Requests waiting for their model's turn",
                                  registry=own, multiprocess_mode="livesum")
+        self.calls = Gauge("proxy_model_calls_in_flight", "Calls to the model's Triton under way", ["model"],
+                           registry=own, multiprocess_mode="livesum")
+        self.queued = Gauge("proxy_model_calls_queued", "Calls waiting for one of the model's slots in the proxy",
+                            ["model"], registry=own, multiprocess_mode="livesum")
+        self.draining = Gauge("proxy_draining", "1 while the service drains (from SIGTERM on)", registry=own,
+                              multiprocess_mode="max")
+        self.slots, self.drain_file = {}, None   # watch(): read at each flush
         self.triton_metrics_url, self.timeout = triton_metrics_url, timeout
         self.inflight_now = 0          # requests being handled in this worker
         self._counts, self._times = {}, {}   # since the last flush: (url, method, status) -> n; url -> [slots..., sum]
@@ -95,6 +109,19 @@ class Metrics:
                     child._buckets[i].inc(n)   # what Histogram.observe does per observation, n at once
             child._sum.inc(slots[-1])
         self.inflight.set(self.inflight_now)
+        per_model = {}
+        for key, slots in self.slots.items():   # (model, version[, "stream"]) -> serving.slots.Slots
+            busy, queued = per_model.get(key[0], (0, 0))
+            per_model[key[0]] = (busy + slots.in_use, queued + slots.waiting)
+        for model, (busy, queued) in per_model.items():
+            self.calls.labels(model).set(busy)
+            self.queued.labels(model).set(queued)
+        if self.drain_file is not None:
+            self.draining.set(1 if os.path.exists(self.drain_file) else 0)
+
+    def watch(self, slots, drain_file):
+        """The per-model slots (a dict that grows as routes are made) and run.sh's drain file, read at each flush."""
+        self.slots, self.drain_file = slots, drain_file
 
     def run_flusher(self):
         """Flush every FLUSH_S in a greenlet of this worker."""

@@ -73,6 +73,7 @@ class Parts:
         slots = dict(zip(infos, triton.slots(len(infos), settings.inflight_per_model)))
         metrics = Metrics(settings.triton_metrics_url, on_demand=on_file is not None) if settings.metrics else None
         if metrics is not None:
+            metrics.watch(slots, settings.drain_file)
             from gevent import monkey
             if monkey.is_module_patched("socket"):   # a gunicorn worker; elsewhere (tests) each scrape flushes
                 metrics.run_flusher()

@@ -457,3 +457,23 @@ def test_a_v2_call_that_finds_every_connection_busy_until_its_deadline_is_a_503_
     assert 0.15 < time.monotonic() - started < 2 and err.value.retry_after == 1
     assert err.value.message == ("every connection to the inference server's HTTP port was busy for 0.2 s "
                                  "(V2_CONNECTIONS)")
+
+
+def test_a_stream_counts_in_flight_until_the_server_closes_it():
+    """proxy_inflight_requests, an autoscaler's signal, holds an open stream until its last byte, once."""
+    from serving.front import _Open
+
+    class Metrics:
+        inflight_now = 0
+
+    class Body(list):
+        closed = 0
+
+        def close(self):
+            self.closed += 1
+    m, body = Metrics(), Body([b"data: 1\n\n", b"data: 2\n\n"])
+    answer = _Open(body, m)
+    assert m.inflight_now == 1 and list(answer) == list(body) and m.inflight_now == 1
+    answer.close()
+    answer.close()
+    assert (m.inflight_now, body.closed) == (0, 2)
