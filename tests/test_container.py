@@ -217,3 +217,79 @@ def test_a_model_package_at_home_mind_model_is_served_with_its_config(image):
     assert found["POST /filesize: answer"]["measured"].endswith(f'-> {{"size":{os.path.getsize(sample)}}}')
     log = open(os.path.join(ROOT, "build", "rehearsal", "service.log")).read()
     assert "repository /home/mind/model, config /home/mind/model/config.json" in log
+
+
+def test_the_kubernetes_base_runs_with_podman_kube_play_and_stops_in_order_under_load(image):
+    """deploy/k8s/base, rendered, run by `podman kube play` with the image built here (one replica, host network,
+    no GPU: the only changes), answers MNIST; a stop of the pod under load (with the manifest's grace period) stops
+    it in order: every answer right, nothing cut off mid-request (one after gunicorn's stop is refused at connect)."""
+    import threading
+    import yaml
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl is not installed: it renders deploy/k8s (kubectl kustomize)")
+    docs = yaml.safe_load_all(subprocess.run(["kubectl", "kustomize", os.path.join(ROOT, "deploy", "k8s", "base")],
+                                             check=True, capture_output=True, text=True).stdout)
+    (deployment,) = [d for d in docs if d and d["kind"] == "Deployment"]
+    port = free_port()
+    deployment["spec"]["replicas"] = 1
+    spec = deployment["spec"]["template"]["spec"]
+    spec["hostNetwork"] = True   # podman here has no bridge network
+    (c,) = spec["containers"]
+    c["image"] = image
+    for kind in ("requests", "limits"):
+        c["resources"][kind].pop("nvidia.com/gpu")
+    c.pop("ports")   # port mappings need a bridge; on the host network the probes name the port itself
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        c[probe]["httpGet"]["port"] = port
+    c["env"] = [e for e in c["env"] if e["name"] != "GRACE_PERIOD"] + [
+        {"name": name, "value": str(value)} for name, value in (
+            ("PORT", port), ("TRITON_HTTP_PORT", free_port()), ("TRITON_GRPC_PORT", free_port()),
+            ("TRITON_METRICS_PORT", free_port()), ("GRACE_PERIOD", GRACE))]
+    manifest = os.path.join(W, "kube-play.yaml")
+    with open(manifest, "w") as f:
+        yaml.safe_dump(deployment, f)
+    pm("kube", "down", manifest, check=False)
+    pm("kube", "play", manifest, timeout=300)
+    url, container = f"http://127.0.0.1:{port}", f"{deployment['metadata']['name']}-pod-0-{c['name']}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.5)
+        seven = open(os.path.join(ROOT, "tests", "data", "seven.jpg"), "rb").read()
+        assert body(requests.post(url + "/", files={"images": ("seven.jpg", seven)}, timeout=30)) == \
+            {"mnist_result": 7}
+        right, wrong, refused, stop = [], [], [], threading.Event()
+
+        def client():   # a connection per request: an idle keep-alive closed at the stop is not a lost request
+            while not stop.is_set():
+                try:
+                    r = requests.post(url + "/", files={"images": ("seven.jpg", seven)}, timeout=60)
+                    (right if (r.status_code, r.json()) == (200, {"mnist_result": 7}) else wrong).append(r.text)
+                except requests.ConnectionError as exc:
+                    (refused if "refused" in str(exc).lower() else wrong).append(str(exc)[:200])
+                    time.sleep(0.1)
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(1)
+        # What `podman kube down` does, with the manifest's grace period as the stop timeout (podman 4.3's kube down
+        # stops with its default 10 s, shorter than run.sh's stop; Kubernetes waits terminationGracePeriodSeconds)
+        pm("pod", "stop", "-t", str(spec["terminationGracePeriodSeconds"]), f"{deployment['metadata']['name']}-pod-0",
+           timeout=400)
+        stop.set()
+        for t in threads:
+            t.join(60)
+        log = pm("logs", container).stdout + pm("logs", container).stderr
+        assert wrong == [] and len(right) > 4, (wrong[:3], len(right), log[-5000:])
+        marks = ["stop requested: /health now answers 503", "grace period over", "gunicorn stopped (exit 0)",
+                 "stopping Triton", "Triton stopped (exit 0)", "shutdown complete"]
+        positions = [log.find(m) for m in marks]
+        assert all(p >= 0 for p in positions) and positions == sorted(positions), (dict(zip(marks, positions)),
+                                                                                   log[-3000:])
+    finally:
+        pm("kube", "down", manifest, check=False)
