@@ -298,3 +298,4 @@ def test_streams_take_the_model_s_slots(tmp_path):
         assert 1.0 < waited < 3, waited   # it waited for the first stream's slot (five tokens 0.3 s apart)
     finally:
         stack.terminate()
+

@@ -477,3 +477,29 @@ def test_a_stream_counts_in_flight_until_the_server_closes_it():
     answer.close()
     answer.close()
     assert (m.inflight_now, body.closed) == (0, 2)
+
+
+def test_a_503_with_a_retry_hint_carries_retry_after_on_the_sse_and_openai_routes():
+    """The hint of a busy or loading model (Unavailable's retry_after) reaches the client on every route kind: the
+    SSE routes' JSON error and the OpenAI routes' own error shape (predict and v2: tests/test_scheduling.py)."""
+    import json
+    from serving import openai, sse
+    from serving.errors import Unavailable
+    busy = Unavailable("model 'm' did not get its turn to load within the request's deadline", retry_after=1)
+    seen = {}
+
+    def start_response(status, headers):
+        seen["status"], seen["headers"] = status, dict(headers)
+    body = b"".join(sse.Route._error({"REQUEST_METHOD": "POST", "PATH_INFO": "/tokens"}, start_response, busy))
+    assert (seen["status"][:3], seen["headers"].get("Retry-After")) == ("503", "1")
+    assert json.loads(body) == {"error": busy.message}
+
+    class Loading(openai.Handler):
+        def __init__(self):
+            pass
+
+        def handle(self, environ):
+            raise busy
+    body = b"".join(Loading()({"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/completions"}, start_response))
+    assert (seen["status"][:3], seen["headers"].get("Retry-After")) == ("503", "1")
+    assert json.loads(body)["error"]["message"] == busy.message
