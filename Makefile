@@ -19,7 +19,7 @@ MODEL_TORCH ?= torch==2.13.0
 TRITON_HOME = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pytriton/tritonserver
 STACK_ENV = TRITON_HOME=$(TRITON_HOME) MODEL_PYTHON=$(abspath $(PY)) PROXY_PYTHON=$(abspath $(PY))
 
-.PHONY: install container-tools bench-tools serve test train bench perf soak config rehearse clean
+.PHONY: install container-tools bench-tools serve test train bench perf soak config rehearse dockerfile clean
 
 install: $(STAMP) $(LLM_WEIGHTS)
 
@@ -99,6 +99,11 @@ perf: bench-tools
 # 10 minutes at c=32 (MNIST, embeddings, a little bad input): RSS drift, errors, p99 per minute.
 soak: install
 	$(STACK_ENV) $(PY) benchmarks/soak.py $(SOAK_ARGS)
+
+# The Dockerfile's model layers (one COPY per model folder, a folder over LAYER_LIMIT_GB split by its files): run
+# after adding, removing or growing a model; make test checks they are current. MODEL_REPOSITORY=dir for another.
+dockerfile:
+	python3 deploy/model_layers.py --write $(or $(MODEL_REPOSITORY),model_repository)
 
 clean:
 	rm -rf $(VENV) build

@@ -113,3 +113,20 @@ def test_the_length_walk_counts_a_long_function(tmp_path):
     (tmp_path / "serving" / "long.py").write_text(f"def f():\n{body}\n\n\ndef g():  # longer: a table\n{body}\n")
     assert units({"serving.long": str(tmp_path / "serving" / "long.py")}) == [
         (62, 60, "serving.long.g", True), (62, 60, "serving.long.f", False)]
+
+
+def test_every_relative_link_in_the_readme_and_docs_resolves():
+    import glob
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pages = [os.path.join(root, "README.md")] + glob.glob(os.path.join(root, "docs", "*.md"))
+    broken = []
+    for page in pages:
+        text = open(page, encoding="utf-8").read()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+                continue
+            path = os.path.normpath(os.path.join(os.path.dirname(page), target.split("#")[0]))
+            if not os.path.exists(path):
+                broken.append(f"{os.path.relpath(page, root)} -> {target}")
+    assert broken == []
