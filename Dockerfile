@@ -3,7 +3,7 @@
 ARG BASE_IMAGE=nvcr.io/nvidia/tritonserver:24.10-py3
 # The models' torch goes with the base image: it must be built for the base's CUDA. NGC 24.10 is CUDA 12.6, and
 # torch 2.7.1 is the newest release whose PyPI build is cu126 (kernels for sm_50 to sm_90: V100 to H100).
-# Change both together (README: GPU compatibility); deploy/build_and_push.sh refuses a mismatched pair.
+# Change both together (docs/container.md: GPU compatibility); deploy/build_and_push.sh refuses a mismatched pair.
 ARG TORCH=torch==2.7.1
 FROM ${BASE_IMAGE}
 ARG TORCH

@@ -15,7 +15,7 @@ LLM_WEIGHTS := model_repository/smollm2/1/weights/model.safetensors
 # The image pins its own, built for its CUDA (Dockerfile: TORCH).
 MODEL_TORCH ?= torch==2.13.0
 
-# Triton 2.51 as shipped in the nvidia-pytriton wheel (see README: "Where Triton comes from").
+# Triton 2.51 as shipped in the nvidia-pytriton wheel (README: "The two commands").
 TRITON_HOME = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pytriton/tritonserver
 STACK_ENV = TRITON_HOME=$(TRITON_HOME) MODEL_PYTHON=$(abspath $(PY)) PROXY_PYTHON=$(abspath $(PY))
 
@@ -61,13 +61,13 @@ serve: install
 test: install container-tools bench-tools
 	$(STACK_ENV) $(PY) -m pytest -v $(or $(PYTEST_ARGS),tests)
 
-# config.json from the model repository (README: "make config"), written where make serve will read it.
-# PROTOCOL=https: every api says https, and the service answers HTTPS on its port (README: "HTTPS").
+# config.json from the model repository (docs/config.md), written where make serve will read it.
+# PROTOCOL=https: every api says https, and the service answers HTTPS on its port (docs/https.md).
 config: install
 	$(PY) -m serving.generate $(or $(MODEL_REPOSITORY),model_repository) --protocol $(or $(PROTOCOL),http) \
 	  > $(CONFIG).tmp && mv $(CONFIG).tmp $(CONFIG)
 
-# Run a service the way ModelArts will and say what would fail there (README: "make rehearse"): CONFIG,
+# Run a service the way ModelArts will and say what would fail there (docs/rehearse.md): CONFIG,
 # MODEL_REPOSITORY, IMAGE=name[:tag], SAMPLES="field=path ...", REHEARSE_GRACE (s, default the platform's 60).
 # The shipped repository's file field gets a real digit unless SAMPLES says otherwise.
 SAMPLES ?= $(if $(MODEL_REPOSITORY),,images=tests/data/seven.jpg)
@@ -89,7 +89,7 @@ bench-tools: install
 bench: bench-tools
 	$(STACK_ENV) $(PY) benchmarks/bench.py $(BENCH_ARGS)
 
-# perf_analyzer through the service's port and straight to Triton, with the ratio (README: "KServe v2 on :8080"):
+# perf_analyzer through the service's port and straight to Triton, with the ratio (docs/v2-and-perf-analyzer.md):
 #   make perf MODEL=mnist CONCURRENCY=8 [SAMPLE=input=path] [URL=127.0.0.1:8080] [DIRECT=127.0.0.1:8000]
 perf: bench-tools
 	$(PY) benchmarks/perf.py --model $(or $(MODEL),mnist) --concurrency $(or $(CONCURRENCY),8) \

@@ -132,9 +132,9 @@ if [ -z "$torch_version" ] || [ "$torch_version" = none ]; then
 elif [ -z "$base_cuda" ]; then
     echo "note: the base image declares no CUDA_VERSION (a CPU image): GPU gate skipped"
 elif [ -z "$torch_cuda" ]; then
-    die 6 "torch $torch_version is a CPU-only build on a CUDA $base_cuda base: every model would run on the CPU. Pin a CUDA build of torch for CUDA ${base_cuda%%.*} (--torch, see README: GPU compatibility)"
+    die 6 "torch $torch_version is a CPU-only build on a CUDA $base_cuda base: every model would run on the CPU. Pin a CUDA build of torch for CUDA ${base_cuda%%.*} (--torch, see docs/container.md: GPU compatibility)"
 elif [ "${torch_cuda%%.*}" != "${base_cuda%%.*}" ]; then
-    die 6 "torch $torch_version is built for CUDA $torch_cuda, but the base image has CUDA $base_cuda. A CUDA ${torch_cuda%%.*} torch needs a driver for CUDA ${torch_cuda%%.*} (CUDA 13: driver 580 or later, and no Volta/V100) and would fail on GPUs the base image supports. Pin torch for CUDA ${base_cuda%%.*}, e.g. --torch torch==2.7.1 (cu126) for NGC 24.10 (README: GPU compatibility)"
+    die 6 "torch $torch_version is built for CUDA $torch_cuda, but the base image has CUDA $base_cuda. A CUDA ${torch_cuda%%.*} torch needs a driver for CUDA ${torch_cuda%%.*} (CUDA 13: driver 580 or later, and no Volta/V100) and would fail on GPUs the base image supports. Pin torch for CUDA ${base_cuda%%.*}, e.g. --torch torch==2.7.1 (cu126) for NGC 24.10 (docs/container.md: GPU compatibility)"
 else
     minor_t=${torch_cuda#*.}; minor_t=${minor_t%%.*}; minor_b=${base_cuda#*.}; minor_b=${minor_b%%.*}
     if [ "$minor_t" -gt "$minor_b" ] 2>/dev/null; then

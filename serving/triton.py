@@ -381,8 +381,8 @@ class Readiness:
 
     One probe per `ttl` seconds per worker, however many /health calls arrive; the others reuse its answer.
     A crashed model is marked with a file (`<marks>.<model>`), so that every worker's /health reports it: Triton
-    still calls the model READY, and only a restart of the container brings it back (README: "When a model's
-    process dies").
+    still calls the model READY, and only a restart of the container brings it back (docs/reliability.md, "When a
+    model's process dies").
     """
 
     def __init__(self, c, models, timeout, ttl, marks=None, triton_pid=None, proc="/proc"):

@@ -37,7 +37,7 @@ ALLOWED = [
     ("GET", _MODEL + r"/stats", "/v2/models/{model}/stats"),
     ("POST", _MODEL + r"/infer", "/v2/models/{model}/infer"),
 ]
-# Refused, listed so the 403 can say what it is (README: "KServe v2 on :8080").
+# Refused, listed so the 403 can say what it is (docs/v2-and-perf-analyzer.md).
 REFUSED = [
     (r"/v2/repository(/.*)?", "the model repository API (index, load, unload)"),
     (r"/v2/systemsharedmemory(/.*)?", "system shared memory"),

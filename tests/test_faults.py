@@ -230,7 +230,7 @@ def test_a_crashing_model_gives_json_and_health_reports_it(fault_stack, digits):
     assert took < 5, took
     # What Triton 2.51 does next: it keeps the model READY and fails each of its requests after about a second,
     # for good; it does not start the model's process again. So /health reports the model, and the platform
-    # restarts the container (README: "When a model's process dies").
+    # restarts the container (docs/reliability.md: "When a model's process dies").
     health = requests.get(url + "/health", timeout=5)
     assert (health.status_code, body(health)) == (503, {"health": "false", "reason": (
         "model 'crashy' crashed (its process died) and the inference server does not restart it: "

@@ -9,7 +9,7 @@ import time
 from . import platform as P
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# Settings passed on to the image when they are set here (README: Settings).
+# Settings passed on to the image when they are set here (docs/settings.md).
 PASSED = ("REQUEST_TIMEOUT", "MAX_BODY_MB", "WORKERS", "MODEL_BINDINGS", "INFLIGHT_PER_MODEL", "GRACEFUL_TIMEOUT",
           "HEALTH_TIMEOUT", "KSERVE_V2", "METRICS", "ACCESS_LOG", "TRITON_ARGS", "STARTUP_TIMEOUT")
 

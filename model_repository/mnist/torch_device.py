@@ -109,7 +109,7 @@ def choose(kind, device_id, p, allow_cpu_fallback=False):
         return "cpu", (f"CPU, NOT the GPU Triton assigned: {why}. ALLOW_CPU_FALLBACK=1 keeps it serving, "
                        "many times slower")
     raise DeviceError(f"GPU instance {device_id}, but torch cannot use it: {why}. Match the image's torch to its "
-                      "CUDA (README: GPU compatibility), or set ALLOW_CPU_FALLBACK=1 to serve from the CPU")
+                      "CUDA (docs/container.md: GPU compatibility), or set ALLOW_CPU_FALLBACK=1 to serve from the CPU")
 
 
 def select(torch, args):

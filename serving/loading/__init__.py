@@ -4,7 +4,7 @@ MODELS_PINNED load at start-up and never unload.
 
 Routes are bound from each model's config.pbtxt (serving/repository.py), so that nothing needs to be loaded to start.
 
-Scheduling, when a working set is larger than the budget (README: "Many models"):
+Scheduling, when a working set is larger than the budget (docs/on-demand.md):
 - **waiters in turn**: a model that needs room joins a queue, in the order its first request arrived, shared by the
   workers; only the model at its head may make room and load;
 - **the victim drains**: to make room, the least recently used unpinned model is marked draining. New requests
