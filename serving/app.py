@@ -13,7 +13,7 @@ import time
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from . import codecs, openai, openapi, routes, v2
+from . import codecs, drain, openai, openapi, routes, v2
 from .errors import ServingError
 from .front import Front
 from .settings import Settings
@@ -40,6 +40,8 @@ def create_app(settings=None):
     v1 = {key: h for key, h in handlers.items() if isinstance(h, openai.Handler)}
     app.wsgi_app = Front(app.wsgi_app, upstream, parts.metrics, urls, handlers, v2_hold(parts),
                          openai.Elsewhere(v1) if v1 else None)
+    if settings.request_mode == "async":   # a stop refuses new calls at once (the platform's queue retries them)
+        app.wsgi_app = drain.Refusing(app.wsgi_app, [url for _, url in handlers], settings.drain_file)
     app.extensions["serving.upstream"] = upstream
     return app
 

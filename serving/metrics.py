@@ -41,21 +41,24 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 METHODS = frozenset(("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH"))
 # Seconds; ModelArts ends a synchronous call at 60 s.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# REQUEST_MODE=async: up to the longest deadline (an hour), so that a long call is not lumped into +Inf.
+LONG_BUCKETS = BUCKETS + (120.0, 300.0, 600.0, 1800.0, 3600.0)
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 FLUSH_S = 1.0
 _active = None   # this process's Metrics, for worker_exit's last flush
 
 
 class Metrics:
-    def __init__(self, triton_metrics_url, timeout=2.0, on_demand=False):
+    def __init__(self, triton_metrics_url, timeout=2.0, on_demand=False, buckets=BUCKETS):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
         own = None if self.multiprocess else CollectorRegistry()
         self.registry = own
         self.requests = Counter("proxy_requests", "HTTP requests answered by the proxy",
                                 ["url", "method", "status"], registry=own)
+        self.buckets = buckets
         self.duration = Histogram("proxy_request_duration_seconds", "Time to answer, by url", ["url"],
-                                  buckets=BUCKETS, registry=own)
+                                  buckets=buckets, registry=own)
         self.inflight = Gauge("proxy_inflight_requests", "Requests being handled", registry=own,
                               multiprocess_mode="livesum")
         self.triton_errors = Counter("proxy_triton_errors", "Calls to Triton that failed, by kind", ["kind"],
@@ -70,7 +73,7 @@ class Metrics:
             self.models_loaded = Gauge("proxy_models_loaded", "Models loaded in Triton", registry=own,
                                        multiprocess_mode="mostrecent")
             self.wait_seconds = Histogram("proxy_model_wait_seconds", "Time a request waited for its model's "
-                                          "turn and load", buckets=BUCKETS, registry=own)
+                                          "turn and load", buckets=buckets, registry=own)
             self.waiting = Gauge("proxy_model_waiting_requests", "Requests waiting for their model's turn",
                                  registry=own, multiprocess_mode="livesum")
         self.calls = Gauge("proxy_model_calls_in_flight", "Calls to the model's Triton under way", ["model"],
@@ -92,8 +95,8 @@ class Metrics:
         self._counts[key] = self._counts.get(key, 0) + 1
         times = self._times.get(url)
         if times is None:
-            times = self._times[url] = [0] * (len(BUCKETS) + 1) + [0.0]
-        times[bisect_left(BUCKETS, seconds)] += 1   # the first bucket whose bound is >= seconds, as prometheus_client
+            times = self._times[url] = [0] * (len(self.buckets) + 1) + [0.0]
+        times[bisect_left(self.buckets, seconds)] += 1   # the first bucket whose bound is >= seconds, as prometheus_client
         times[-1] += seconds
 
     def flush(self):

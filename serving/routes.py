@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from . import binding, modelarts, openai, sse, triton
 from .errors import ConfigError
-from .metrics import Metrics
+from .metrics import BUCKETS, LONG_BUCKETS, Metrics
 from .predict import Predict
 from .settings import Settings
 
@@ -71,7 +71,9 @@ class Parts:
         readiness = triton.Readiness(client, watched, settings.health_timeout_s, settings.health_cache_s,
                                      marks=settings.drain_file + ".crashed", triton_pid=settings.triton_pid)
         slots = dict(zip(infos, triton.slots(len(infos), settings.inflight_per_model)))
-        metrics = Metrics(settings.triton_metrics_url, on_demand=on_file is not None) if settings.metrics else None
+        metrics = Metrics(settings.triton_metrics_url, on_demand=on_file is not None,
+                          buckets=LONG_BUCKETS if settings.request_mode == "async" else BUCKETS) \
+            if settings.metrics else None
         if metrics is not None:
             metrics.watch(slots, settings.drain_file)
             from gevent import monkey
@@ -88,7 +90,8 @@ class Parts:
             per = self.settings.streams_per_model if streaming else self.settings.inflight_per_model
             self.slots[key] = triton.slots(1, per)[0]
         timeout = self.stream_timeout if streaming else self.settings.request_timeout_s
-        return triton.Guard(info, timeout, self.slots[key], self.on_error, self.on_crash_of(info.name), self.loader)
+        return triton.Guard(info, timeout, self.slots[key], self.on_error, self.on_crash_of(info.name), self.loader,
+                            track=self.settings.request_mode == "async")
 
     @property
     def on_error(self):

@@ -52,12 +52,17 @@ def _bool(name, default):
     return default if not raw else raw in ("1", "true", "yes", "on")
 
 
+ASYNC_TIMEOUT_S = 3600.0   # REQUEST_MODE=async: a call's default deadline
+
+
 @dataclass(frozen=True)
 class Settings:
     modelarts_config: str       # the ModelArts config.json whose apis become routes
     triton_grpc_url: str        # Triton's private gRPC endpoint
     triton_http_port: int       # Triton's private HTTP port, behind the KServe v2 pass-through
     triton_metrics_url: str     # Triton's private metrics, appended to /metrics
+    request_mode: str           # "sync" (ModelArts' default: calls within 60 s) or "async" (its asynchronous request
+                                # mode: long calls, docs/long-running.md)
     request_timeout_s: float    # deadline of one predict call to Triton (ModelArts fails sync calls at 60 s)
     health_timeout_s: float     # deadline of one readiness probe to Triton
     health_cache_s: float       # how long one readiness answer is reused, so /health stays cheap under load
@@ -90,7 +95,11 @@ class Settings:
             triton_grpc_url=f"127.0.0.1:{_int('TRITON_GRPC_PORT', 8001)}",
             triton_http_port=_int("TRITON_HTTP_PORT", 8000),
             triton_metrics_url=f"http://127.0.0.1:{_int('TRITON_METRICS_PORT', 8002)}/metrics",
-            request_timeout_s=_float("REQUEST_TIMEOUT", 30.0),
+            request_mode=_choice("REQUEST_MODE", ("sync", "async")),
+            # async: an hour, as long as SageMaker's asynchronous endpoints let one call run (InvocationTimeoutSeconds
+            # at most 3600); the platform's own task timeout is the real limit (docs/long-running.md)
+            request_timeout_s=_float("REQUEST_TIMEOUT", ASYNC_TIMEOUT_S if _choice("REQUEST_MODE", ("sync", "async"))
+                                     == "async" else 30.0),
             health_timeout_s=_float("HEALTH_TIMEOUT", 2.0),
             health_cache_s=_float("HEALTH_CACHE", 1.0),
             max_body_bytes=_int("MAX_BODY_MB", 16) * 1024 * 1024,

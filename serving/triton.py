@@ -14,10 +14,11 @@ import os
 import sys
 import time
 
+from gevent import getcurrent
 from gevent.lock import Semaphore
 from tritonclient.grpc import service_pb2
 
-from . import codecs, grpc_wire
+from . import codecs, drain, grpc_wire
 from .errors import BadRequest, DeadlineExceeded, ServingError, Unavailable
 from .grpc_wire import RpcError
 from .repository import ModelInfo, read_repository
@@ -177,8 +178,9 @@ class Guard:
     the model's in-flight slots in this worker, and what a failure means (counted in the metrics; a model whose
     process died reported to /health or to the loader)."""
 
-    def __init__(self, info, timeout, slots, on_error=None, on_crash=None, loader=None):
+    def __init__(self, info, timeout, slots, on_error=None, on_crash=None, loader=None, track=False):
         self.info, self.timeout, self.slots, self.loader = info, timeout, slots, loader
+        self.track = track   # REQUEST_MODE=async: calls in flight are known, to be ended at the drain's end (drain.py)
         self.on_error = on_error or (lambda kind: None)   # metrics: proxy_triton_errors_total{kind}
         self.on_crash = on_crash or (lambda detail: None)  # the model's process died: Readiness.mark_crashed
 
@@ -186,21 +188,30 @@ class Guard:
         """Hold the model and a slot; the time left for the call. Raises ServingError (a 503 with Retry-After when
         every slot stays taken until the deadline)."""
         if self.loader is None and self.slots.take():
-            return self.timeout   # the common case: the route's constant timeout (its grpc-timeout field is cached)
-        deadline = time.monotonic() + self.timeout
-        if self.loader is not None:
-            self.loader.enter(self.info.name, deadline)
-        if not self.slots.acquire(deadline):
+            left = self.timeout   # the common case: the route's constant timeout (its grpc-timeout field is cached)
+        else:
+            deadline = time.monotonic() + self.timeout
             if self.loader is not None:
-                self.loader.leave(self.info.name)
-            raise Unavailable(f"model {self.info.name!r} is busy: every call this worker may have in flight to it "
-                              f"was taken for {self.timeout:g} s", retry_after=1)
-        return max(0.001, deadline - time.monotonic())
+                self.loader.enter(self.info.name, deadline)
+            if not self.slots.acquire(deadline):
+                if self.loader is not None:
+                    self.loader.leave(self.info.name)
+                raise Unavailable(f"model {self.info.name!r} is busy: every call this worker may have in flight to "
+                                  f"it was taken for {self.timeout:g} s", retry_after=1)
+            left = max(0.001, deadline - time.monotonic())
+        if self.track:
+            if drain.over:   # the drain has ended (drain.cut): nothing new starts
+                self.leave()
+                raise Unavailable(drain.CUT, retry_after=1)
+            drain.calls.add(getcurrent())
+        return left
 
     def leave(self):
         self.slots.release()
         if self.loader is not None:
             self.loader.leave(self.info.name)
+        if self.track:
+            drain.calls.discard(getcurrent())
 
     def failed(self, exc):
         """A gRPC error of this model's call -> the ServingError the caller sees."""

@@ -13,6 +13,7 @@
 """
 import json
 import logging
+import os
 import ssl
 
 import gevent
@@ -20,6 +21,8 @@ from gevent import getcurrent
 from gevent.server import StreamServer
 from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
+
+from . import drain
 
 log = logging.getLogger("serving.worker")
 
@@ -104,6 +107,16 @@ class GeventWorker(_GeventWorker):
         super().handle_exit(sig, frame)
         self._linger = gevent.get_hub().loop.timer(SHUTDOWN_LINGER_S)
         self._linger.start(self._close_idle)
+        if os.environ.get("REQUEST_MODE", "").strip().lower() == "async" and not hasattr(self, "_cut"):
+            # Long calls: those still running just before gunicorn's drain ends get a clear error (drain.py)
+            self._cut = gevent.get_hub().loop.timer(max(0.0, self.cfg.graceful_timeout - drain.CUT_MARGIN_S))
+            self._cut.start(self._cut_calls)
+
+    def _cut_calls(self):
+        n = drain.cut()
+        if n:
+            self.log.warning("the drain ends in %.0f s: %d call(s) still running ended with an error and cancelled "
+                             "in the model", drain.CUT_MARGIN_S, n)
 
     def handle_quit(self, sig, frame):
         """SIGQUIT and SIGINT (gunicorn's quick stop, which a terminal's Ctrl-C asks for) end the worker as SIGTERM

@@ -200,6 +200,28 @@ def test_a_model_slower_than_40_s_fails_through_apig(broken_run):
     latency = by_check(report)["POST /slow: latency"]
     assert latency["level"] == "FAIL" and 41 <= float(latency["measured"].split(" s")[0]) < 50
     assert latency["rule"] == "APIG fails a prediction after 40 s (ModelArts.4503)"
+    assert "asynchronous request mode" in latency["fix"] and "REQUEST_MODE=async" in latency["fix"]
+
+
+def test_in_the_asynchronous_request_mode_a_45_s_call_passes_and_its_stop_is_rehearsed(tmp_path):
+    """REQUEST_MODE=async: the same kind of call past the gateway's 40 s passes (the platform's task queue holds
+    it), and the rolling upgrade, with 45 s calls in flight at the SIGTERM, finishes them; new calls refused with
+    503 while the instance stops are what the platform's queue retries, not failures."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "long").symlink_to(os.path.join(TEST_MODELS, "long"))
+    doc = json.loads(subprocess.run([sys.executable, "-m", "serving.generate", str(repo)], cwd=ROOT, check=True,
+                                    capture_output=True, text=True).stdout)
+    doc["apis"][0]["request"]["data"]["properties"]["seconds"]["examples"] = [45]
+    (repo / "config.json").write_text(json.dumps(doc))
+    proc, report = rehearse(f"MODEL_REPOSITORY={repo}", "REHEARSE_GRACE=3", env={"REQUEST_MODE": "async"})
+    found = by_check(report)
+    latency = found["POST /long: latency"]
+    assert latency["level"] == "PASS" and 45 <= float(latency["measured"].split(" s")[0]) < 60, latency
+    assert "asynchronous request mode" in latency["measured"]
+    assert found["requests during the stop"]["level"] == "PASS", found["requests during the stop"]
+    assert found["exit status"]["measured"] == "0"
+    assert proc.returncode == 0, proc.stdout[-3000:]
 
 
 def test_a_response_over_8_mb_warns(broken_run):

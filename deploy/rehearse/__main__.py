@@ -258,16 +258,23 @@ def _call_api(service, api, shapes, streams, samples, report):
     elif size > P.CONSOLE_BODY_MB * MB:
         report.add("WARN", f"{where}: request size", f"{size / MB:.1f} MB", "body_console",
                    "the console cannot send it; clients through APIG can")
-    resp, took, exc = call(service, api, kwargs, P.SYNC_TIMEOUT_S + 10)
+    asynchronous = P.request_mode() == "async"
+    resp, took, exc = call(service, api, kwargs, (P.async_deadline() if asynchronous else P.SYNC_TIMEOUT_S) + 10)
     if resp is None:
         report.add("FAIL", f"{where}: answer", f"no answer after {took:.1f} s ({type(exc).__name__})", "sync_time",
                    "see build/rehearsal/service.log")
         return None
-    if took > P.SYNC_TIMEOUT_S:
-        report.add("FAIL", f"{where}: latency", f"{took:.1f} s", "sync_time", "answer well within 40 s")
+    if asynchronous and took > P.APIG_TIMEOUT_S:
+        report.add("PASS", f"{where}: latency", f"{took:.1f} s (asynchronous request mode: the platform's task queue "
+                   "holds the call, and its task timeout is the limit)", "async_time")
+    elif took > P.SYNC_TIMEOUT_S:
+        report.add("FAIL", f"{where}: latency", f"{took:.1f} s", "sync_time",
+                   "answer well within 40 s, or create the model in the asynchronous request mode and serve it with "
+                   "REQUEST_MODE=async (docs/long-running.md)")
     elif took > P.APIG_TIMEOUT_S:
         report.add("FAIL", f"{where}: latency", f"{took:.1f} s", "apig_time",
-                   "answer within 40 s (a smaller batch, a faster model), or use an asynchronous batch service")
+                   "answer within 40 s (a smaller batch, a faster model), or create the model in the asynchronous "
+                   "request mode and serve it with REQUEST_MODE=async (docs/long-running.md)")
     else:
         report.add("PASS", f"{where}: latency", f"{took * 1000:.0f} ms (APIG allows {P.APIG_TIMEOUT_S} s)",
                    "apig_time")
@@ -381,7 +388,10 @@ def upgrade_phase(service, answered, probes, report):
     stopped = time.monotonic() - term
     load.finish()
     after = [r for r in load.records if r[1] >= term]
-    wrong = [r for r in after if r[2] != 200 and r[0] < term + grace - 0.5]
+    # In the asynchronous request mode a stopping instance refuses new calls (503; the platform's queue retries them)
+    refused_ok = P.request_mode() == "async"
+    wrong = [r for r in after if r[2] != 200 and r[0] < term + grace - 0.5
+             and not (refused_ok and str(r[2]).startswith("503 ") and r[0] >= term)]
     report.add("FAIL" if wrong or not after else "PASS", "requests during the stop",
                f"{len(after) - len(wrong)}/{len(after)} answered 200 with a valid body over {len(answered)} api(s)"
                + (f"; failed: {sorted({str(r[2]) for r in wrong})[:5]}" if wrong else ""), "drain_serve",

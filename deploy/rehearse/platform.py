@@ -43,6 +43,18 @@ CONSOLE_BODY_MB = 8
 APIG_TIMEOUT_S = 40
 SYNC_TIMEOUT_S = 60
 
+def request_mode():
+    """The mode the service runs in (REQUEST_MODE, as the image is given it): "sync" or "async"."""
+    import os
+    return os.environ.get("REQUEST_MODE", "").strip().lower() or "sync"
+
+
+def async_deadline():
+    """A call's deadline in the asynchronous request mode (serving/settings.py: REQUEST_TIMEOUT, else an hour)."""
+    import os
+    return float(os.environ.get("REQUEST_TIMEOUT") or 3600)
+
+
 # Rolling upgrade: on SIGTERM the instance keeps serving about 60 s, then finishes what is in flight within 90 s.
 GRACE_S = 60
 DRAIN_S = 90
@@ -80,6 +92,8 @@ RULES = {
     "schema": "the answer validates against the api's response schema (config.json's response.data)",
     "apig_time": f"APIG fails a prediction after {APIG_TIMEOUT_S} s (ModelArts.4503)",
     "sync_time": f"a synchronous request fails after {SYNC_TIMEOUT_S} s",
+    "async_time": "a model created in the asynchronous request mode (over about 60 s) is called through the "
+                  "platform's task queue; the task's timeout, not the gateway's, is its limit",
     "body_apig": f"APIG refuses bodies over {APIG_BODY_MB} MB (APIG.0201)",
     "body_console": f"the console's Prediction tab takes bodies up to {CONSOLE_BODY_MB} MB",
     "bad_input": "bad input gets a 4xx answer with a JSON body, and the service stays healthy",

@@ -10,7 +10,7 @@ from . import platform as P
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Settings passed on to the image when they are set here (docs/settings.md).
-PASSED = ("REQUEST_TIMEOUT", "MAX_BODY_MB", "WORKERS", "MODEL_BINDINGS", "INFLIGHT_PER_MODEL", "GRACEFUL_TIMEOUT",
+PASSED = ("REQUEST_MODE", "REQUEST_TIMEOUT", "MAX_BODY_MB", "WORKERS", "MODEL_BINDINGS", "INFLIGHT_PER_MODEL", "GRACEFUL_TIMEOUT",
           "HEALTH_TIMEOUT", "KSERVE_V2", "METRICS", "ACCESS_LOG", "TRITON_ARGS", "STARTUP_TIMEOUT")
 
 
