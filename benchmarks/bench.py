@@ -152,7 +152,7 @@ def first_answer(side):
     return resp.content
 
 
-def wrk(side, answer, concurrency, seconds, workdir):
+def wrk(side, answer, concurrency, seconds, workdir, retried=False):
     """(requests, req/s, p50 ms, p99 ms); exits if any answer differs from `answer` (or its prefix)."""
     body, expect = workdir / "body", workdir / "expect"
     body.write_bytes(side.body)
@@ -167,6 +167,8 @@ def wrk(side, answer, concurrency, seconds, workdir):
     if proc.returncode != 0 or not m:
         raise SystemExit(f"wrk failed:\n{proc.stdout}\n{proc.stderr}")
     if int(m[1]) == 0:
+        if not retried:   # a slow first answer (a cold model, a busy machine): once more, for twice as long
+            return wrk(side, answer, concurrency, max(1, round(seconds * 2)), workdir, retried=True)
         raise SystemExit(f"{side.url}: no answer within {seconds} s at c={concurrency}: give it more --seconds")
     if int(m[5]) or int(m[6]):
         raise SystemExit(f"{side.url}: {m[5]} wrong answers and {m[6]} errors under load (c={concurrency})")
