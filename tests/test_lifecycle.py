@@ -137,7 +137,9 @@ def test_ctrl_c_stops_everything_at_once_and_exits_0(new_stack):
     and the log says so plainly: no worker traceback (gunicorn's own quick stop ended with `SystemExit: 0`)."""
     stack = new_stack(GRACE_PERIOD="30")
     wait_for(lambda: len(stack.pids("gunicorn")) == 3, 30, "the master and both workers")
-    wait_for(lambda: stack.log().count("route POST / -> model") >= 2, 60, "both workers booted")
+    # both workers through create_app (its last route logged), so that the SIGINT does not land in a worker's boot
+    wait_for(lambda: stack.log().count("route GET /v1/models -> model") >= 2, 60, "both workers booted")
+    time.sleep(1)
     started = time.monotonic()
     os.killpg(stack.proc.pid, signal.SIGINT)
     rc = stack.proc.wait(60)
