@@ -1,4 +1,5 @@
-"""Typed errors. Each carries its HTTP status; app.py turns every one into {"error": ...} JSON."""
+"""Typed errors. Each carries its HTTP status; predict.error_answer turns every one into {"error": ...} JSON (the
+OpenAI routes into OpenAI's error shape, serving/openai.py), with Retry-After where an error carries one."""
 
 
 class ServingError(Exception):

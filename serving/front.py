@@ -1,9 +1,10 @@
 """The WSGI entry in front of Flask: the predict routes, the KServe v2 pass-through, /metrics, the request metrics.
 
-The hot paths skip Flask's routing and request context: a config.json predict route whose method matches goes
-to its serving/predict.Predict, and `/v2/...` to serving/v2.py (perf_analyzer measures exactly that path).
-/health, /openapi.json, the streaming and OpenAI routes, and every answer Flask's routing gives (404, 405) go on to
-Flask. Every request, whichever way it goes, is counted and timed here when metrics are on.
+Every route of config.json skips Flask's routing and request context: a route whose method matches goes straight to
+its handler (serving/predict.Predict, an SSE route of serving/sse.py, an OpenAI route of serving/openai.py; the
+OpenAI routes' other /v1/ paths to openai.Elsewhere), and `/v2/...` to serving/v2.py (perf_analyzer measures exactly
+that path). /health, /openapi.json and every answer Flask's routing gives (404, 405, HEAD, OPTIONS) go on to Flask.
+Every request, whichever way it goes, is counted and timed here when metrics are on.
 """
 import re
 import time

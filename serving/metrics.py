@@ -107,6 +107,7 @@ class Metrics:
             self.requests.labels(url, method if method in METHODS else "other", status).inc(n)
         for url, slots in times.items():
             child = self.duration.labels(url)
+            # prometheus_client's private API (_buckets, _sum): on an upgrade, check Histogram.observe still does this
             for i, n in enumerate(slots[:-1]):
                 if n:
                     child._buckets[i].inc(n)   # what Histogram.observe does per observation, n at once

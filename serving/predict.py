@@ -5,7 +5,9 @@ Response, its URL map and error handlers cost more per request than the rest of 
 profile). The answers are Flask's to the byte: the same JSON errors with the same status codes and messages, the
 same headers; what the route's method does not match (405, OPTIONS, HEAD) still goes on to Flask.
 
-`decode` is shared with the streaming routes (serving/app.py), which stay Flask views.
+`decode`, `read_body`, `media_type` and `error_answer` are shared with the streaming and OpenAI routes
+(serving/sse.py, serving/openai.py), which front.py hands their requests directly too; `error_answer` makes every
+JSON error answer of the service (with Retry-After where the error carries one).
 """
 import json
 import logging

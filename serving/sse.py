@@ -78,7 +78,9 @@ def stream_flag(info, tensors, asked):
 def hung_up(environ):
     """True once the client has closed its connection: checked between events, so that a stream is cancelled
     within one token or heartbeat of a hang-up, not only when a write fails (which takes a few more)."""
-    sock = getattr(environ.get("gunicorn.socket"), "_sock", None)   # gevent's wrapped, non-blocking socket
+    # gevent's wrapped, non-blocking socket: a private attribute (on a gevent or gunicorn upgrade, check it is there;
+    # without it a client that hung up is noticed at the next write instead)
+    sock = getattr(environ.get("gunicorn.socket"), "_sock", None)
     if sock is None:
         return False
     try:

@@ -121,7 +121,9 @@ def bound_routes(c, config, overrides, timeout=10.0, models=None):
 
 
 def loaded_models(settings):
-    """On-demand loading: the models' info from the repository's config.pbtxt files; else None (ask Triton)."""
+    """On-demand loading: the info of every model in the repository, loaded or not, from its config.pbtxt files
+    (so that routes bind without loading anything); else None (ask Triton). The name is historical: the models
+    are those that may be loaded, not those that are."""
     if settings.model_loading != "on-demand":
         return None
     return read_repository(settings.model_repository)

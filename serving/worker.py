@@ -34,7 +34,8 @@ def write_error(sock, status_int, reason, mesg):
     util.write_nonblock(sock, head + body)
 
 
-util.write_error = write_error   # gunicorn's workers answer their own errors through this name
+util.write_error = write_error   # gunicorn's workers answer their own errors through this name (on an upgrade:
+                                 # check they still call util.write_error)
 
 
 def wrap_socket_and_handle(server, client_socket, address):
@@ -53,7 +54,7 @@ def wrap_socket_and_handle(server, client_socket, address):
         tls_socket.close()
 
 
-StreamServer.wrap_socket_and_handle = wrap_socket_and_handle
+StreamServer.wrap_socket_and_handle = wrap_socket_and_handle   # on a gevent upgrade: check its signature
 
 SHUTDOWN_IDLE_S = 1.0   # a connection accepted during shutdown still gets its first request served
 # At shutdown an idle connection is closed this long after the signal, not at once: a request a client sent just
