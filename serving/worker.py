@@ -13,7 +13,6 @@
 """
 import json
 import logging
-import os
 import ssl
 
 import gevent
@@ -23,6 +22,7 @@ from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 
 from . import drain
+from .settings import Settings
 
 log = logging.getLogger("serving.worker")
 
@@ -108,7 +108,7 @@ class GeventWorker(_GeventWorker):
         super().handle_exit(sig, frame)
         self._linger = gevent.get_hub().loop.timer(SHUTDOWN_LINGER_S)
         self._linger.start(self._close_idle)
-        if os.environ.get("REQUEST_MODE", "").strip().lower() == "async" and not hasattr(self, "_cut"):
+        if Settings.from_env().request_mode == "async" and not hasattr(self, "_cut"):
             # Long calls: those still running just before gunicorn's drain ends get a clear error (drain.py)
             self._cut = gevent.get_hub().loop.timer(max(0.0, self.cfg.graceful_timeout - drain.CUT_MARGIN_S))
             self._cut.start(self._cut_calls)

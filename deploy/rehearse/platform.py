@@ -50,9 +50,10 @@ def request_mode():
 
 
 def async_deadline():
-    """A call's deadline in the asynchronous request mode (serving/settings.py: REQUEST_TIMEOUT, else an hour)."""
+    """A call's deadline in the asynchronous request mode: REQUEST_TIMEOUT, else the service's own default."""
     import os
-    return float(os.environ.get("REQUEST_TIMEOUT") or 3600)
+    from serving.settings import ASYNC_TIMEOUT_S
+    return float(os.environ.get("REQUEST_TIMEOUT") or ASYNC_TIMEOUT_S)
 
 
 # Rolling upgrade: on SIGTERM the instance keeps serving about 60 s, then finishes what is in flight within 90 s.
