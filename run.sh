@@ -133,7 +133,7 @@ shutdown() {
     exit 0
 }
 
-rm -f "$DRAIN_FILE" "$DRAIN_FILE".crashed.*   # crash marks of a model (serving/triton.py) are per run
+rm -f "$DRAIN_FILE" "$DRAIN_FILE".crashed.*   # crash marks of a model (serving/triton/readiness.py) are per run
 rm -rf "$PROMETHEUS_MULTIPROC_DIR" && mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
 run_dir=$(mktemp -d "${TMPDIR:-/tmp}/serving-run.XXXXXX")   # Triton's output pipe and its load errors
 trap 'rm -rf "$PROMETHEUS_MULTIPROC_DIR" "$run_dir"' EXIT
@@ -217,7 +217,7 @@ triton_pid=$!
 started=$(date +%s)
 while :; do
     rc=0
-    why=$("$PROXY_PYTHON" -m serving.triton 2>&1) || rc=$?
+    why=$("$PROXY_PYTHON" -m serving.probe 2>&1) || rc=$?
     [ "$rc" -ne 0 ] || break
     if [ "$rc" -eq 2 ]; then
         log "$why"
@@ -243,7 +243,7 @@ log "Triton ready after $(( $(date +%s) - started ))s; starting gunicorn"
 
 # Bind, gevent workers, keep-alive 200 and the graceful timeout are in serving/gunicorn.conf.py.
 # TRITON_PID: /health watches the processes of Triton's python models (a model whose process died is reported
-# before a request fails on it: serving/triton.py, Readiness).
+# before a request fails on it: serving/triton/readiness.py).
 TRITON_PID=$triton_pid "$PROXY_PYTHON" -m gunicorn --config "$APP_HOME/serving/gunicorn.conf.py" \
     --chdir "$APP_HOME" "serving.app:create_app()" 2>&1 &
 gunicorn_pid=$!

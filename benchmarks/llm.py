@@ -40,7 +40,7 @@ def repository(workdir):
 
 def inputs(workdir, side):
     """perf_analyzer's --input-data for one side: the same prompt, as the proxy renders it."""
-    from serving.openai import Template
+    from serving.handlers.openai import Template
     path = workdir / f"llm_{side}.json"
     if side == "proxy":
         doc = {"data": [{"payload": [{"model": "smollm2", "messages": MESSAGES, "stream": True, **SAMPLING}]}]}

@@ -11,8 +11,10 @@ Otherwise start-up stops with a message that names the candidates and the settin
 """
 from dataclasses import replace
 
-from . import openai
 from .errors import ConfigError
+from .handlers import openai
+from .repository import is_embedding, is_llm
+from .triton.models import model_info, repository
 
 
 def parse_overrides(text):
@@ -33,7 +35,7 @@ def _matches(route, info):
 
 
 def bind(routes, models, overrides=None):
-    """routes (modelarts.Route), models {name: ModelInfo} of Triton's ready models -> routes with model set."""
+    """apis (modelarts.Api), models {name: ModelInfo} of Triton's ready models -> routes with model set."""
     overrides = overrides or {}
     unknown = set(overrides) - {r.url for r in routes}
     if unknown:
@@ -49,12 +51,12 @@ def bind(routes, models, overrides=None):
             # An OpenAI route: the one LLM model of the repository (the one embedding model for /v1/embeddings;
             # the list of models has no model of its own: the first LLM or embedding model stands for it).
             which = openai.kind(route.url)
-            test, what_kind = ((openai.is_embedding, "embedding model (one text input, one FP32 vector output)")
+            test, what_kind = ((is_embedding, "embedding model (one text input, one FP32 vector output)")
                                if which == "embeddings" else
-                               (openai.is_llm, "LLM model (decoupled, text_input -> text_output)"))
+                               (is_llm, "LLM model (decoupled, text_input -> text_output)"))
             found = sorted(name for name, info in models.items() if test(info))
             if which == "models":
-                found = (found or sorted(n for n, i in models.items() if openai.is_embedding(i)))[:1]
+                found = (found or sorted(n for n, i in models.items() if is_embedding(i)))[:1]
                 what_kind = "LLM or embedding model"
             if len(found) != 1:
                 what = (f"several models are an {what_kind}: {found}" if found else
@@ -80,3 +82,17 @@ def bind(routes, models, overrides=None):
             raise ConfigError(f"{where}: model {model!r} is not in Triton's repository {sorted(models)}")
         bound.append(replace(route, model=model, version=version))
     return tuple(bound)
+
+
+def bound_routes(c, config, overrides, timeout=10.0, models=None):
+    """config.json's routes bound to Triton's models, and the ModelInfo of each (model, version) they use.
+    `models`: {name: ModelInfo} read from the repository's files (on-demand loading); else Triton's ready ones."""
+    on_file = models is not None
+    models = models if on_file else repository(c, timeout)
+    routes = bind(config.apis, models, overrides)
+    infos = {}
+    for r in routes:
+        if (r.model, r.version) not in infos:
+            infos[(r.model, r.version)] = (models[r.model] if not r.version or on_file
+                                           else model_info(c, r.model, r.version, timeout))
+    return routes, infos

@@ -194,10 +194,11 @@ def _parse_slowly(raw):
     return doc
 
 
-def output_value(arr, schema_type, batched, depth=None, batch_in=False):
+def output_value(arr, schema_type, *, batched, depth=None, batch_in=False):
     """One Triton output -> its JSON value (numpy arrays and scalars, which dumps() writes directly).
 
-    One item in, one item out: the batch dimension goes. A batch in (`batch_in`), a batch out, a batch of one too;
+    `batched`: the model has a batch dimension; `depth`: how deep the response schema nests the value; `batch_in`:
+    the request sent a batch. One item in, one item out: the batch dimension goes. A batch in (`batch_in`), a batch out, a batch of one too;
     so does an output whose schema nests as deep as the output is (an array of vectors stays an array of vectors).
     An item of one element is a scalar, unless the schema says "array"."""
     if arr.dtype == np.object_:

@@ -1,5 +1,5 @@
-"""Typed errors. Each carries its HTTP status; predict.error_answer turns every one into {"error": ...} JSON (the
-OpenAI routes into OpenAI's error shape, serving/openai.py), with Retry-After where an error carries one."""
+"""Typed errors. Each carries its HTTP status; serving/http.py's error_answer turns every one into {"error": ...}
+JSON (the OpenAI routes into OpenAI's error shape, serving/handlers/openai.py), with Retry-After where one says."""
 
 
 class ServingError(Exception):

@@ -12,7 +12,7 @@ Each model's config.pbtxt decides its api; serving/binding.py binds it back by i
 - response: one property per output, named as the output: a scalar for a single element, else arrays.
 A repository with one LLM model (decoupled, text_input -> text_output, as Triton's vLLM and TensorRT-LLM models)
 also gets OpenAI's /v1/chat/completions and /v1/completions, one with an embedding model /v1/embeddings, and either
-GET /v1/models (serving/openai.py).
+GET /v1/models (serving/handlers/openai.py).
 """
 import argparse
 import json
@@ -131,7 +131,7 @@ def is_llm(config):
 
 
 def is_embedding(config):
-    """One text input and one FP32 vector output, not decoupled (as serving/openai.py's is_embedding)."""
+    """One text input and one FP32 vector output, not decoupled (as serving/repository.py's is_embedding)."""
     vectors = [o for o in config.output if o.data_type == model_config_pb2.TYPE_FP32 and len(o.dims) == 1
                and o.dims[0] != 1]
     files = config.parameters["modelarts_file_inputs"].string_value if "modelarts_file_inputs" in config.parameters \
@@ -150,7 +150,7 @@ def _api(url, request, response, method="post"):
 
 
 def openai_apis(llm=True, embeddings=True):
-    """OpenAI's routes (serving/openai.py): /v1/chat/completions and /v1/completions for a repository with an LLM
+    """OpenAI's routes (serving/handlers/openai.py): /v1/chat/completions and /v1/completions for a repository with an LLM
     model, /v1/embeddings for one with an embedding model, /v1/models (GET) for either."""
     apis = []
     if llm:

@@ -46,14 +46,15 @@ def post_fork(server, worker):
     # threads); a connection must not cross a fork.
     from gevent import monkey
     monkey.patch_all()
-    from serving import triton
-    triton.connect(_settings.triton_grpc_url)
+    from serving.triton import client
+    client.connect(_settings.triton_grpc_url)
 
 
 def worker_exit(server, worker):
-    from serving import metrics, triton
+    from serving import metrics
+    from serving.triton import client
     metrics.flush()
-    triton.close()
+    client.close()
 
 
 def child_exit(server, worker):

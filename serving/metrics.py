@@ -168,6 +168,11 @@ class Metrics:
             registry = self.registry
         return generate_latest(registry) + self._triton()
 
+    def answer(self, environ):
+        """GET /metrics, as a handler of serving/front.py."""
+        body = self.render()
+        return "200 OK", [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))], [body]
+
     def _triton(self):
         import urllib.request
         try:

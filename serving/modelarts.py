@@ -1,4 +1,4 @@
-"""Load and check the ModelArts config.json; turn each `apis[]` entry into a Route.
+"""Load and check the ModelArts config.json; turn each `apis[]` entry into an Api.
 
 - request property names are Triton input names, response property names are Triton output names;
 - `"type": "file"` properties arrive as multipart file uploads and go to Triton as BYTES;
@@ -28,7 +28,8 @@ class Field:
 
 
 @dataclass(frozen=True)
-class Route:
+class Api:
+    """One `apis[]` entry of config.json: its url and method, the model bound to it, its request and response."""
     url: str
     method: str
     model: str                       # "" until serving/binding.py binds it (unless the api names it)
@@ -43,7 +44,7 @@ class Route:
 @dataclass(frozen=True)
 class ModelArtsConfig:
     health_url: str
-    routes: tuple
+    apis: tuple
     model_algorithm: str = ""
     protocol: str = "http"   # what every api speaks, and so the container's port: http or https (serving/tls.py)
 
@@ -93,11 +94,11 @@ def parse(doc):
             raise ConfigError(f"config.json: {key!r} is required")
     health = doc.get("health") or {}
     health_url = health.get("url", "/health")
-    apis = doc.get("apis")
-    if not isinstance(apis, list) or not apis:
+    entries = doc.get("apis")
+    if not isinstance(entries, list) or not entries:
         raise ConfigError("config.json: 'apis' must be a non-empty list")
-    routes, seen, protocols = [], set(), {}
-    for i, api in enumerate(apis):
+    apis, seen, protocols = [], set(), {}
+    for i, api in enumerate(entries):
         where = f"apis[{i}]"
         protocol = str(api.get("protocol", "http")).lower() if isinstance(api, dict) else ""
         if protocol not in ("http", "https"):
@@ -123,14 +124,14 @@ def parse(doc):
             raise ConfigError(f"{where}.request: 'file' properties need {MULTIPART!r}")
         if _content_type(response, f"{where}.response") != JSON:
             raise ConfigError(f"{where}.response: only {JSON!r} responses are supported")
-        routes.append(Route(url=url, method=method, model=binding.get("model", ""), version=str(binding.get("version", "")),
+        apis.append(Api(url=url, method=method, model=binding.get("model", ""), version=str(binding.get("version", "")),
                             content_type=content_type, inputs=inputs, outputs=_properties(response, f"{where}.response"),
                             request_schema=request["data"], response_schema=response["data"]))
     if len(protocols) > 1:
         raise ConfigError(f"config.json: {protocols['http']} says http and {protocols['https']} says https; the "
                           "container serves one protocol on its port (the model's container API protocol), so give "
                           "every api the same")
-    return ModelArtsConfig(health_url=health_url, routes=tuple(routes), model_algorithm=doc["model_algorithm"],
+    return ModelArtsConfig(health_url=health_url, apis=tuple(apis), model_algorithm=doc["model_algorithm"],
                            protocol=next(iter(protocols)))
 
 

@@ -44,7 +44,7 @@ def document(config, routes=None, title="", metrics=True, streaming=()):
     """config: modelarts.ModelArtsConfig; routes: the bound routes (default: config's own); streaming: the urls of
     decoupled models, which also answer as Server-Sent Events."""
     paths = {}
-    for route in routes or config.routes:
+    for route in routes or config.apis:
         operation = {
             "operationId": f"{route.method.lower()}_{route.url.strip('/').replace('/', '_') or 'root'}",
             "summary": f"Inference on model {route.model!r}" if route.model else "Inference",

@@ -1,7 +1,8 @@
 """What a model repository says without Triton: each model's tensors from its config.pbtxt (ModelInfo).
 
-Triton's client (serving/triton.py) builds the same ModelInfo from Triton's answers; on-demand loading binds routes
-from these files before anything is loaded (serving/loading/).
+Triton's client (serving/triton/models.py) builds the same ModelInfo from Triton's answers; on-demand loading binds
+routes from these files before anything is loaded (serving/loading/). What a model's interface makes it (an LLM, an
+embedding model: the OpenAI routes' models) is decided here too, from its tensors alone.
 """
 import os
 from dataclasses import dataclass
@@ -21,6 +22,29 @@ class ModelInfo:
     batched: bool       # max_batch_size > 0
     max_batch_size: int = 0
     decoupled: bool = False   # a decoupled model: any number of responses per request (ModelStreamInfer)
+
+
+# The vLLM backend's interface, which the OpenAI routes' LLM models have.
+INTERFACE_IN, INTERFACE_OUT = "text_input", "text_output"
+
+
+def is_llm(info):
+    return info.decoupled and INTERFACE_IN in info.inputs and INTERFACE_OUT in info.outputs
+
+
+def embedding_tensors(info):
+    """(text input, vector output) of an embedding model: not decoupled, one text input, an FP32 vector output."""
+    if info.decoupled or len(info.inputs) != 1:
+        return None
+    (name, (datatype, _)), = info.inputs.items()
+    skip = 1 if info.batched else 0
+    vectors = [n for n, (dt, shape) in info.outputs.items() if dt == "FP32" and len(shape) - skip == 1
+               and shape[-1] != 1]
+    return (name, vectors[0]) if datatype == "BYTES" and len(vectors) == 1 else None
+
+
+def is_embedding(info):
+    return embedding_tensors(info) is not None
 
 
 def _datatype(data_type):

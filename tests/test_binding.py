@@ -8,7 +8,7 @@ import pytest
 from conftest import ROOT
 from serving import binding, generate, modelarts
 from serving.errors import ConfigError
-from serving.triton import ModelInfo
+from serving.repository import ModelInfo
 
 
 def info(name, inputs, outputs):
@@ -32,7 +32,7 @@ def routes(*apis):
          "response": {"Content-type": "application/json",
                       "data": {"type": "object", "properties": {o: {"type": "array"} for o in outs}}}}
         for url, ins, outs, extra in apis]}
-    return modelarts.parse(doc).routes
+    return modelarts.parse(doc).apis
 
 
 def bound(*apis, overrides=None):
@@ -125,7 +125,7 @@ def test_generator_on_a_numeric_model(tmp_path):
     assert api["response"]["data"]["properties"] == {
         "risk": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}}
     # What it writes, the proxy reads.
-    assert [r.url for r in modelarts.parse(generate.generate(str(tmp_path))).routes] == ["/v1/risk"]
+    assert [r.url for r in modelarts.parse(generate.generate(str(tmp_path))).apis] == ["/v1/risk"]
 
 
 def test_generator_refuses_two_models_on_one_url(tmp_path):

@@ -275,7 +275,7 @@ def test_openai_errors_are_openai_shaped(stack, client):
 
 def test_the_chat_template_comes_from_the_model_s_tokenizer_config():
     sys.path.insert(0, ROOT)
-    from serving.openai import Template
+    from serving.handlers.openai import Template
     rendered = Template(TOKENS).render([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
     assert rendered == "<s><|system|>be brief</s><|user|>hi</s><|assistant|>"
     plain = Template(None).render([{"role": "user", "content": "hi"}])

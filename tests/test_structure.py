@@ -1,6 +1,6 @@
 """The code's shape, read from the source with ast (nothing is imported):
 - its layers: no module of serving/, deploy/ or benchmarks/ imports another that imports it back, directly or
-  through others (imports inside functions count too);
+  through others (imports inside functions count too), and the lower layers never reach the upper ones (LAYERS);
 - its rooms: no class longer than 250 lines and no function longer than 60, in serving/ and deploy/. A unit that
   must be longer says why in a comment on its first line that starts with "# longer:"."""
 import ast
@@ -74,6 +74,41 @@ def test_no_module_imports_one_that_imports_it_back():
     graph = {name: imports(name, path, known) for name, path in known.items()}
     assert graph["serving.app"] and graph["benchmarks.bench"], "the walk finds imports"
     assert cycles(graph) == [], [" -> ".join(c) for c in cycles(graph)]
+
+
+# What a lower layer may never reach, directly or through others. Triton's client and the on-demand loader know no
+# HTTP route, handler or config.json; the gRPC wire layer knows nothing of Triton's meaning either.
+HTTP = ("serving.app", "serving.front", "serving.handlers", "serving.http", "serving.service", "serving.binding",
+        "serving.probe", "serving.modelarts", "serving.openapi", "serving.worker")
+LAYERS = {
+    "serving.triton": HTTP,
+    "serving.loading": HTTP,
+    "serving.grpc_wire": HTTP + ("serving.triton", "serving.loading", "serving.repository"),
+    "serving.handlers": ("serving.app", "serving.front", "serving.service", "serving.triton", "serving.loading"),
+}
+
+
+def reach(graph, start):
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_the_lower_layers_never_reach_the_upper_ones():
+    known = modules()
+    graph = {name: imports(name, path, known) for name, path in known.items()}
+    broken = []
+    for layer, banned in LAYERS.items():
+        members = [n for n in known if n == layer or n.startswith(layer + ".")]
+        assert members, layer
+        for name in members:
+            broken += [f"{name} reaches {r}" for r in sorted(reach(graph, name))
+                       if any(r == b or r.startswith(b + ".") for b in banned)]
+    assert broken == []
 
 
 def test_the_walk_finds_a_circle():

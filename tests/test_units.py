@@ -1,5 +1,6 @@
 """Unit tests of the pure parts: config.json parsing and the codecs. No Triton needed."""
 import copy
+import io
 import json
 import os
 
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 
 from serving import codecs, modelarts
-from serving.routes import check_binding
 from serving.errors import BadRequest, ConfigError
-from serving.triton import ModelInfo
+from serving.repository import ModelInfo
+from serving.service import check_binding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,7 +21,7 @@ with open(os.path.join(ROOT, "config.json")) as f:
 def test_shipped_config_serves_mnist_at_root_and_embeddings():
     config = modelarts.parse(SHIPPED)
     assert config.health_url == "/health"
-    mnist, generate, embeddings, chat, completions, v1_embeddings, models = config.routes
+    mnist, generate, embeddings, chat, completions, v1_embeddings, models = config.apis
     assert [(r.method, r.url) for r in (generate, chat, completions, v1_embeddings, models)] == [
         ("POST", "/generate"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
         ("POST", "/v1/embeddings"), ("GET", "/v1/models")]
@@ -59,7 +60,7 @@ def test_several_models_each_behind_its_url():
         "response": {"Content-type": "application/json",
                      "data": {"type": "object", "properties": {"embedding": {"type": "array"}}}},
     })
-    routes = modelarts.parse(doc).routes
+    routes = modelarts.parse(doc).apis
     assert [(r.url, r.model, r.version) for r in routes] == [
         ("/", "", ""), ("/generate", "", ""), ("/embeddings", "", ""), ("/v1/chat/completions", "", ""),
         ("/v1/completions", "", ""), ("/v1/embeddings", "", ""), ("/v1/models", "", ""), ("/embed", "minilm", "2")]
@@ -93,7 +94,7 @@ MNIST = ModelInfo("mnist", "", inputs={"images": ("BYTES", [-1, 1])},
 
 
 def test_binding_matches_the_model():
-    check_binding(modelarts.parse(SHIPPED).routes[0], MNIST)
+    check_binding(modelarts.parse(SHIPPED).apis[0], MNIST)
 
 
 @pytest.mark.parametrize("info,message", [
@@ -105,7 +106,7 @@ def test_binding_matches_the_model():
 ])
 def test_binding_mismatch_is_refused_at_start(info, message):
     with pytest.raises(ConfigError) as err:
-        check_binding(modelarts.parse(SHIPPED).routes[0], info)
+        check_binding(modelarts.parse(SHIPPED).apis[0], info)
     assert message in str(err.value)
 
 
@@ -175,24 +176,26 @@ def out(*args, **kwargs):
 
 
 def test_outputs_follow_the_response_schema():
-    assert out(np.array([[7]], np.int64), "integer", True) == 7
-    assert type(out(np.array([[7]], np.int64), "integer", True)) is int
-    assert out(np.array([[0.5, 0.25]], np.float32), "array", True) == [0.5, 0.25]
-    assert out(np.array([[0.5]], np.float32), "array", True) == [0.5]
-    assert out(np.array([[b"seven"]], np.object_), "string", True) == "seven"
-    assert out(np.array([b"a", b"b"], np.object_), "array", False) == ["a", "b"]
-    assert out(np.array([[1, 2], [3, 4]], np.int32), "array", False) == [[1, 2], [3, 4]]
-    assert out(np.array([[True]]), "boolean", True) is True
+    assert out(np.array([[7]], np.int64), "integer", batched=True) == 7
+    assert type(out(np.array([[7]], np.int64), "integer", batched=True)) is int
+    assert out(np.array([[0.5, 0.25]], np.float32), "array", batched=True) == [0.5, 0.25]
+    assert out(np.array([[0.5]], np.float32), "array", batched=True) == [0.5]
+    assert out(np.array([[b"seven"]], np.object_), "string", batched=True) == "seven"
+    assert out(np.array([b"a", b"b"], np.object_), "array", batched=False) == ["a", "b"]
+    assert out(np.array([[1, 2], [3, 4]], np.int32), "array", batched=False) == [[1, 2], [3, 4]]
+    assert out(np.array([[True]]), "boolean", batched=True) is True
 
 
 def test_float32_outputs_are_written_at_their_shortest_repr():
     values = np.array([[1 / 7, 0.1, -2.5e-8, 3e38]], np.float32)
-    text = codecs.dumps({"v": codecs.output_value(values, "array", True)})
+    text = codecs.dumps({"v": codecs.output_value(values, "array", batched=True)})
     assert text == b'{"v":[0.14285715,0.1,-2.5e-8,3e+38]}'
     assert np.array_equal(np.array(json.loads(text)["v"], np.float32), values[0])   # the same float32 values
-    assert json.loads(codecs.dumps({"v": codecs.output_value(np.array([[0.5, 1.5]], np.float16), "array", True)})) \
+    assert json.loads(codecs.dumps({"v": codecs.output_value(np.array([[0.5, 1.5]], np.float16), "array",
+                                                   batched=True)})) \
         == {"v": [0.5, 1.5]}
-    assert codecs.dumps({"v": codecs.output_value(np.array([[np.nan]], np.float32), "number", True)}) == b'{"v":null}'
+    nan = codecs.output_value(np.array([[np.nan]], np.float32), "number", batched=True)
+    assert codecs.dumps({"v": nan}) == b'{"v":null}'
 
 
 @pytest.mark.parametrize("value,expect_batch,answer", [
@@ -204,23 +207,23 @@ def test_answers_follow_the_request_shape(value, expect_batch, answer):
     """The /scale case: FP32 [4], max_batch_size 8."""
     t, is_batch = codecs.json_batch("x", value, "FP32", [-1, 4], True)
     assert is_batch is expect_batch and t.shape == (len(value) if expect_batch else 1, 4)
-    assert out(t * 2, "array", True, 1, is_batch) == answer
+    assert out(t * 2, "array", batched=True, depth=1, batch_in=is_batch) == answer
     top = np.argmax(t, axis=1)[:, None]                          # a one-element output per item
-    assert out(top, "integer", True, 0, is_batch) == ([3] * len(value) if expect_batch else 3)
+    assert out(top, "integer", batched=True, depth=0, batch_in=is_batch) == ([3] * len(value) if expect_batch else 3)
 
 
 def test_one_element_items_as_a_list_are_a_batch_and_a_scalar_is_one_item():
     t, is_batch = codecs.json_batch("x", [1.0, 2.0], "FP32", [-1, 1], True)
     assert is_batch and t.shape == (2, 1)
-    assert out(t, "number", True, 0, is_batch) == [1.0, 2.0]
+    assert out(t, "number", batched=True, depth=0, batch_in=is_batch) == [1.0, 2.0]
     t, is_batch = codecs.json_batch("x", [1.0], "FP32", [-1, 1], True)
-    assert is_batch and out(t, "number", True, 0, is_batch) == [1.0]
+    assert is_batch and out(t, "number", batched=True, depth=0, batch_in=is_batch) == [1.0]
     t, is_batch = codecs.json_batch("x", 1.0, "FP32", [-1, 1], True)
-    assert not is_batch and out(t, "number", True, 0, is_batch) == 1.0
+    assert not is_batch and out(t, "number", batched=True, depth=0, batch_in=is_batch) == 1.0
     t, is_batch = codecs.json_batch("text", "one", "BYTES", [-1, 1], True)
     assert not is_batch and t.shape == (1, 1)
     # An output whose schema nests as deep as the output (embeddings: an array of vectors) stays a batch.
-    assert out(np.ones((1, 3), np.float32), "array", True, 2, False) == [[1.0, 1.0, 1.0]]
+    assert out(np.ones((1, 3), np.float32), "array", batched=True, depth=2, batch_in=False) == [[1.0, 1.0, 1.0]]
 
 
 def test_shape_errors_speak_of_what_the_user_sent():
@@ -279,7 +282,7 @@ def test_every_folder_in_the_model_repository_is_a_model():
     ("GET", "/v2/models/stats", "/v2/models/stats"), ("POST", "/v2/models/a.b-c_d/infer", "/v2/models/{model}/infer"),
 ])
 def test_v2_allowed(method, path, label):
-    from serving import v2
+    from serving.handlers import v2
     assert v2.route(method, path) == label
 
 
@@ -297,7 +300,7 @@ def test_v2_allowed(method, path, label):
     ("GET", "/v2/models/m/infer", 405, "method GET is not allowed on /v2/models/m/infer (allowed: POST)"),
 ])
 def test_v2_refused(method, path, status, start):
-    from serving import v2
+    from serving.handlers import v2
     err = v2.route(method, path)
     assert (err.status, err.message[:len(start)]) == (status, start)
 
@@ -357,7 +360,8 @@ def test_the_proxys_own_paths_are_refused_as_api_urls(url):
 def test_infer_request_written_as_bytes_equals_the_protobuf_message():
     """InferCall writes ModelInferRequest as concatenated fields; protobuf must read it as the message it means."""
     from tritonclient.grpc import service_pb2
-    from serving import triton
+    from serving.triton.calls import InferCall
+    from serving.triton.guard import Guard, model_slots
     info = ModelInfo("m", "2", {"a": ("FP32", [-1, 3]), "b": ("BYTES", [-1, 1])}, {"y": ("FP32", [-1, 3])}, True, 8)
 
     class Capture:
@@ -365,7 +369,7 @@ def test_infer_request_written_as_bytes_equals_the_protobuf_message():
             self.parts = parts
             return service_pb2.ModelInferResponse()
     c = Capture()
-    call = triton.InferCall(c, info, ["y"], triton.Guard(info, 1.0, triton.slots(1, 1)[0]))
+    call = InferCall(c, info, ["y"], Guard(info, 1.0, model_slots(1, 1)[0]))
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     b = np.array([[b"x" * 200]], dtype=np.object_)
     call({"a": a, "b": b})
@@ -380,11 +384,11 @@ def test_infer_request_written_as_bytes_equals_the_protobuf_message():
 
 def test_a_call_that_finds_no_free_slot_until_its_deadline_is_a_503_with_retry_after():
     import time
-    from serving import triton
     from serving.errors import Unavailable
     from serving.slots import Slots
+    from serving.triton.guard import Guard
     info = ModelInfo("busy", "", {}, {}, False)
-    guard = triton.Guard(info, 0.2, Slots(0))
+    guard = Guard(info, 0.2, Slots(0))
     started = time.monotonic()
     with pytest.raises(Unavailable) as err:
         guard.enter()
@@ -442,7 +446,7 @@ def test_a_call_killed_while_it_waits_for_a_slot_leaves_the_slots_whole():
 
 def test_a_v2_call_that_finds_every_connection_busy_until_its_deadline_is_a_503_with_retry_after():
     import time
-    from serving import v2
+    from serving.handlers import v2
     from serving.errors import Unavailable
     upstream = v2.Upstream("127.0.0.1", 9, 1, 0.2, 1024)
 
@@ -483,16 +487,25 @@ def test_a_503_with_a_retry_hint_carries_retry_after_on_the_sse_and_openai_route
     """The hint of a busy or loading model (Unavailable's retry_after) reaches the client on every route kind: the
     SSE routes' JSON error and the OpenAI routes' own error shape (predict and v2: tests/test_scheduling.py)."""
     import json
-    from serving import openai, sse
     from serving.errors import Unavailable
+    from serving.handlers import openai, stream
     busy = Unavailable("model 'm' did not get its turn to load within the request's deadline", retry_after=1)
-    seen = {}
 
-    def start_response(status, headers):
-        seen["status"], seen["headers"] = status, dict(headers)
-    body = b"".join(sse.Route._error({"REQUEST_METHOD": "POST", "PATH_INFO": "/tokens"}, start_response, busy))
-    assert (seen["status"][:3], seen["headers"].get("Retry-After")) == ("503", "1")
-    assert json.loads(body) == {"error": busy.message}
+    class Busy:
+        def responses(self, tensors, idle=None, coalesce=False):
+            raise busy
+    api = modelarts.parse({"model_algorithm": "t", "model_type": "PyTorch", "apis": [{
+        "url": "/tokens", "method": "post",
+        "request": {"Content-type": "application/json", "data": {"properties": {"text": {"type": "string"}}}},
+        "response": {"Content-type": "application/json", "data": {"properties": {"token": {"type": "string"}}}}}]
+    }).apis[0]
+    info = ModelInfo("m", "", {"text": ("BYTES", [1])}, {"token": ("BYTES", [1])}, False, decoupled=True)
+    handler = stream.Stream(api, info, Busy(), 1024, 1.0)
+    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/tokens", "CONTENT_TYPE": "application/json",
+               "CONTENT_LENGTH": "15", "wsgi.input": io.BytesIO(b'{"text": "abc"}')}
+    status, headers, body = handler.answer(environ)
+    assert (status[:3], dict(headers).get("Retry-After")) == ("503", "1")
+    assert json.loads(b"".join(body)) == {"error": busy.message}
 
     class Loading(openai.Handler):
         def __init__(self):
@@ -500,6 +513,6 @@ def test_a_503_with_a_retry_hint_carries_retry_after_on_the_sse_and_openai_route
 
         def handle(self, environ):
             raise busy
-    body = b"".join(Loading()({"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/completions"}, start_response))
-    assert (seen["status"][:3], seen["headers"].get("Retry-After")) == ("503", "1")
-    assert json.loads(body)["error"]["message"] == busy.message
+    status, headers, body = Loading().answer({"REQUEST_METHOD": "POST", "PATH_INFO": "/v1/completions"})
+    assert (status[:3], dict(headers).get("Retry-After")) == ("503", "1")
+    assert json.loads(b"".join(body))["error"]["message"] == busy.message

@@ -20,11 +20,12 @@ import socket
 
 import numpy as np
 
-from . import codecs
-from .errors import ServingError
-from .predict import JSON_HEADERS, decode, error_answer, read_body
+from .. import codecs
+from ..errors import ServingError
+from ..http import JSON_HEADERS, error_answer, read_body
+from .schema import Outputs, decode
 
-log = logging.getLogger("serving.sse")
+log = logging.getLogger("serving.stream")
 
 CONTENT_TYPE = "text/event-stream"
 HEARTBEAT = b": keep-alive\n\n"
@@ -91,25 +92,19 @@ def hung_up(environ):
         return True
 
 
-class Route:
-    """A decoupled model's config.json route as plain WSGI (answered by serving/front.py, before Flask): its
-    responses as Server-Sent Events when the client asks for a stream, else one joined JSON answer. Before the first
-    response an error is the usual JSON answer with its status; after it, an `error` event."""
+class Stream:
+    """A config.json api on a decoupled model: its responses as Server-Sent Events when the client asks for a
+    stream, else one joined JSON answer. Before the first response an error is the usual JSON answer with its
+    status; after it, an `error` event."""
 
-    def __init__(self, route, info, call, max_body_bytes, heartbeat_s):
-        self.route, self.info, self.call = route, info, call   # call: triton.StreamCall
+    def __init__(self, api, info, call, max_body_bytes, heartbeat_s):
+        self.api, self.info, self.call = api, info, call   # call: serving.triton.calls.StreamCall
         self.limit, self.heartbeat = max_body_bytes, heartbeat_s
-        self.names = [f.name for f in route.outputs]
-        self.types = {f.name: (f.type, f.depth) for f in route.outputs}
+        self.outputs = Outputs(api, info)
 
-    def encode(self, outputs, batch):
-        info, types = self.info, self.types
-        return {n: codecs.output_value(outputs[n], types[n][0], info.batched, types[n][1], batch)
-                for n in self.names if n in outputs}
-
-    def __call__(self, environ, start_response):
+    def answer(self, environ):
         try:
-            tensors, batch, doc = decode(self.route, self.info, environ, read_body(environ, self.limit))
+            tensors, batch, doc = decode(self.api, self.info, environ, read_body(environ, self.limit))
             asked = wants_stream(environ, doc)
             responses = self.call.responses(stream_flag(self.info, tensors, asked), self.heartbeat if asked else None,
                                             coalesce=True)
@@ -120,50 +115,39 @@ class Route:
             except BaseException:
                 responses.close()
                 raise
-        except ServingError as exc:
-            return self._error(environ, start_response, exc)
-        except Exception:
-            log.exception("unhandled error on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
-            return self._error(environ, start_response, ServingError("internal error"), logged=True)
+        except Exception as exc:   # noqa: BLE001 (error_answer: a ServingError's status, else a logged 500)
+            return error_answer(environ, exc)
         if not asked:
-            start_response("200 OK", [JSON_HEADERS, ("Content-Length", str(len(body)))])
-            return [body]
-        start_response("200 OK", STREAM_HEADERS)
-        return self.events(environ, first, responses, batch)
-
-    @staticmethod
-    def _error(environ, start_response, exc, logged=False):
-        status, headers, body = error_answer(environ, exc, logged)
-        start_response(status, headers)
-        return [body]
+            return "200 OK", [JSON_HEADERS, ("Content-Length", str(len(body)))], [body]
+        return "200 OK", STREAM_HEADERS, self.events(environ, first, responses, batch)
 
     def joined(self, first, responses, batch):
-        answers = [] if first is None else [self.encode(r, batch) for r in first]
+        answers = [] if first is None else [self.outputs.encode(r, batch) for r in first]
         try:
-            answers += [self.encode(r, batch) for group in responses if group is not None for r in group]
+            answers += [self.outputs.encode(r, batch) for group in responses if group is not None for r in group]
         finally:
             responses.close()
-        return codecs.dumps(join(answers, self.types))
+        return codecs.dumps(join(answers, self.outputs.types))
 
     def events(self, environ, first, responses, batch):
         n = 0
         try:
             if first is not None:
                 n += len(first)
-                yield b"".join(event(self.encode(r, batch)) for r in first)
+                yield b"".join(event(self.outputs.encode(r, batch)) for r in first)
             for group in responses:
                 if hung_up(environ):
-                    log.info("%s %s: the client hung up after %d responses; cancelled", self.route.method,
-                             self.route.url, n)
+                    log.info("%s %s: the client hung up after %d responses; cancelled", self.api.method,
+                             self.api.url, n)
                     return
                 if group is None:
                     yield HEARTBEAT
                     continue
                 n += len(group)   # the responses that arrived together: one write
-                yield b"".join(event(self.encode(r, batch)) for r in group)
+                yield b"".join(event(self.outputs.encode(r, batch)) for r in group)
             yield event({"responses": n}, "end")
         except ServingError as exc:
-            log.warning("%s %s: stream ended after %d responses: %s", self.route.method, self.route.url, n,
+            log.warning("%s %s: stream ended after %d responses: %s", self.api.method, self.api.url, n,
                         exc.message)
             yield event({"error": exc.message}, "error")
         finally:

@@ -36,15 +36,16 @@ import uuid
 
 import numpy as np
 
-from . import codecs, modelarts, sse
-from .errors import ServingError
-from .predict import JSON_HEADERS, media_type, read_body, status_line
+from .. import codecs, modelarts
+from ..errors import ServingError
+from ..http import error_answer, json_answer, media_type, read_body
+from ..repository import embedding_tensors
+from . import stream
 
 log = logging.getLogger("serving.openai")
 
 SUFFIXES = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/models": "models",
             "/v1/embeddings": "embeddings"}
-INTERFACE_IN, INTERFACE_OUT = "text_input", "text_output"
 COUNTS = ("num_input_tokens", "num_output_tokens")
 DEFAULT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
                     "{% if add_generation_prompt %}assistant:{% endif %}")
@@ -64,25 +65,6 @@ def kind(url):
         if url.endswith(suffix):
             return k
     return None
-
-
-def is_llm(info):
-    return info.decoupled and INTERFACE_IN in info.inputs and INTERFACE_OUT in info.outputs
-
-
-def embedding_tensors(info):
-    """(text input, vector output) of an embedding model: not decoupled, one text input, an FP32 vector output."""
-    if info.decoupled or len(info.inputs) != 1:
-        return None
-    (name, (datatype, _)), = info.inputs.items()
-    skip = 1 if info.batched else 0
-    vectors = [n for n, (dt, shape) in info.outputs.items() if dt == "FP32" and len(shape) - skip == 1
-               and shape[-1] != 1]
-    return (name, vectors[0]) if datatype == "BYTES" and len(vectors) == 1 else None
-
-
-def is_embedding(info):
-    return embedding_tensors(info) is not None
 
 
 class OpenAIError(ServingError):
@@ -432,26 +414,17 @@ def _chain(first, rest):
 
 
 class Handler:
-    """What every OpenAI route shares as plain WSGI (answered by serving/front.py, before Flask): the JSON body, and
-    every error in OpenAI's shape."""
+    """What every OpenAI route shares: the JSON body, and every error in OpenAI's shape."""
     limit = 16 * 1024 * 1024
 
-    def __call__(self, environ, start_response):
+    def answer(self, environ):
         try:
             streams, answer = self.handle(environ)
-        except ServingError as exc:
-            if exc.status >= 500:
-                log.warning("%s %s -> %d: %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), exc.status,
-                            exc.message)
-            return json_answer(start_response, error_body(exc), exc.status, getattr(exc, "retry_after", None))
-        except Exception:
-            log.exception("unhandled error on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
-            return json_answer(start_response, error_body(OpenAIError("internal error", status=500,
-                                                                      type_="server_error")), 500)
+        except Exception as exc:   # noqa: BLE001 (error_answer: a ServingError's status, else a logged 500)
+            return error_answer(environ, exc, shape=error_body)
         if not streams:
-            return json_answer(start_response, answer, 200)
-        start_response("200 OK", sse.STREAM_HEADERS)
-        return _events(environ, answer)
+            return json_answer(answer)
+        return "200 OK", stream.STREAM_HEADERS, _events(environ, answer)
 
     def body(self, environ):
         ctype = media_type(environ)
@@ -460,19 +433,10 @@ class Handler:
         return codecs.parse_json_body(read_body(environ, self.limit))
 
 
-def json_answer(start_response, doc, status, retry_after=None):
-    body = codecs.dumps(doc)
-    headers = [JSON_HEADERS, ("Content-Length", str(len(body)))]
-    if retry_after:
-        headers.append(("Retry-After", str(retry_after)))
-    start_response(status_line(status), headers)
-    return [body]
-
-
 def _events(environ, answer):
     try:
         for chunk in answer:
-            if sse.hung_up(environ):
+            if stream.hung_up(environ):
                 return
             yield chunk
     finally:

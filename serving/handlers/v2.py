@@ -6,21 +6,22 @@ statistics, and POST infer (with the binary tensor extension). Everything else u
 403 JSON before it reaches Triton: the repository API (index, load, unload), system and CUDA shared memory,
 trace and log settings, and any path not on the list.
 
-This is plain WSGI, in front of Flask (serving/front.py): a v2 call goes through no Flask routing or context.
+serving/front.py hands every `/v2` request to `Passthrough` (its own HEAD and 405: the allow-list says them).
 Bodies stream both ways in 64 KB blocks over pooled keep-alive connections to Triton's HTTP port; the answer,
 its status and its headers come back as Triton gave them, byte for byte.
 """
 import errno
 import re
 import socket
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import gevent
 from geventhttpclient.connectionpool import ConnectionPool
 from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError, HTTPSocketPoolResponse
 
-from . import errors
-from .errors import ServingError
+from .. import errors
+from ..errors import ServingError
+from ..http import error_answer
 
 BLOCK = 64 * 1024
 _MODEL = r"/v2/models/(?!\.\.?/)[^/]+(?:/versions/(?!\.\.?/)[^/]+)?"
@@ -236,3 +237,59 @@ class Upstream:
             response.release()
             return status, headers, [bytes(data)]
         return status, headers, _Stream(response)
+
+
+# The v2 calls that need their model loaded (on-demand loading): infer, and the metadata and config that
+# perf_analyzer and tritonclient read first.
+_LOADS = {"/v2/models/{model}", "/v2/models/{model}/config", "/v2/models/{model}/infer"}
+_V2_MODEL = re.compile(r"/v2/models/([^/]+)")
+ENDPOINT = "serving.v2_endpoint"   # environ: the request's endpoint (`route`), as serving/front.py's dispatch found it
+
+
+class Passthrough:
+    """The handler of every /v2 path: the allow-list, the on-demand hold of the call's model, Triton's answer."""
+
+    def __init__(self, upstream, hold=None):
+        self.upstream = upstream
+        self.hold = hold   # on-demand loading: hold(model) loads it if need be and returns its release, or None
+
+    def answer(self, environ):
+        endpoint = environ[ENDPOINT]
+        if isinstance(endpoint, ServingError):
+            return error_answer(environ, endpoint)
+        method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
+        release = None
+        try:
+            if self.hold is not None and endpoint in _LOADS:
+                release = self.hold(unquote(_V2_MODEL.match(path).group(1)))
+            status, headers, body = self.upstream.forward(environ, method, path)
+        except BaseException as exc:
+            if release is not None:
+                release()
+            if isinstance(exc, ServingError):
+                return error_answer(environ, exc)
+            raise
+        if release is not None:
+            if isinstance(body, list):   # read whole already
+                release()
+            else:
+                body = _Held(body, release)
+        return status, headers, body
+
+
+class _Held:
+    """A streamed v2 answer whose model stays held (on-demand loading) until the answer has gone out."""
+
+    def __init__(self, body, release):
+        self.body, self.release = body, release
+
+    def __iter__(self):
+        return iter(self.body)
+
+    def close(self):
+        try:
+            self.body.close()
+        finally:
+            release, self.release = self.release, None
+            if release is not None:
+                release()
