@@ -19,7 +19,7 @@ MODEL_TORCH ?= torch==2.13.0
 TRITON_HOME = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pytriton/tritonserver
 STACK_ENV = TRITON_HOME=$(TRITON_HOME) MODEL_PYTHON=$(abspath $(PY)) PROXY_PYTHON=$(abspath $(PY))
 
-.PHONY: install container-tools bench-tools serve test train bench perf soak config rehearse dockerfile clean
+.PHONY: install container-tools bench-tools serve test test-fast train bench perf soak config rehearse dockerfile clean
 
 install: $(STAMP) $(LLM_WEIGHTS)
 
@@ -60,6 +60,11 @@ serve: install
 
 test: install container-tools bench-tools
 	$(STACK_ENV) $(PY) -m pytest -v $(or $(PYTEST_ARGS),tests)
+
+# The fast loop while editing: the unit tests only (no Triton, no podman; their kinds: tests/conftest.py, KINDS).
+# Under 2 minutes once installed; make test stays the whole suite.
+test-fast: install
+	$(STACK_ENV) $(PY) -m pytest -q -m unit $(or $(PYTEST_ARGS),tests)
 
 # config.json from the model repository (docs/config.md), written where make serve will read it.
 # PROTOCOL=https: every api says https, and the service answers HTTPS on its port (docs/https.md).

@@ -4,7 +4,7 @@
    ModelArts' keys), or an api's own `"x-triton"` key in configs written before these rules;
 2. the URL's last path segment is the name of a model in Triton's repository (`/v1/mnist` -> `mnist`);
 3. the one model whose inputs are exactly the request's properties and whose outputs include the response's; for an
-   OpenAI route (serving/openai.py), the one LLM model (decoupled, with text_input and text_output) for
+   OpenAI route (serving/handlers/openai.py), the one LLM model (decoupled, with text_input and text_output) for
    /v1/chat/completions and /v1/completions, the one embedding model for /v1/embeddings, either for /v1/models.
 
 Otherwise start-up stops with a message that names the candidates and the setting that decides.

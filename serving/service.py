@@ -118,7 +118,7 @@ class Service:
     @property
     def stream_timeout(self):
         # A stream ends before gunicorn's drain does (GRACEFUL_TIMEOUT), so that a stop never cuts one without
-        # its final event (serving/sse.py).
+        # its final event (serving/handlers/stream.py).
         return max(1.0, min(self.settings.request_timeout_s, self.settings.graceful_timeout_s - 5))
 
     @property

@@ -76,7 +76,7 @@ class Settings:
     streams_per_model: int      # a decoupled model's open streams per worker (an LLM backend batches many at once)
     model_bindings: str         # explicit api -> model bindings, "/url=model[:version],..." (serving/binding.py)
     metrics: bool               # /metrics and the per-request series behind it
-    kserve_v2: bool             # the /v2/... pass-through to Triton's HTTP API (serving/v2.py)
+    kserve_v2: bool             # the /v2/... pass-through to Triton's HTTP API (serving/handlers/v2.py)
     v2_connections: int         # keep-alive connections to Triton's HTTP port per worker
     model_loading: str          # "all" (Triton loads every model at start-up) or "on-demand" (serving/loading/)
     models_pinned: tuple        # on-demand: models loaded at start-up that never unload

@@ -1,4 +1,6 @@
-"""Fixtures: the real stack (run.sh -> Triton + gunicorn) on free ports, and real held-out MNIST digits."""
+"""Fixtures: the real stack (run.sh -> Triton + gunicorn) on free ports, and real held-out MNIST digits; and each
+test's kind as a pytest marker (`kinds`): `make test` runs them all, `make test-fast` the unit ones."""
+import inspect
 import io
 import json
 import os
@@ -16,6 +18,52 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STARTUP_S = 180
+
+
+# A test's kind, read from its source and its fixtures' (so a new test is classed without a decorator):
+#   container  builds or runs an image with podman, or needs a network namespace (root);
+#   stack      starts Triton and the proxy (a Stack, directly or through a fixture);
+#   unit       neither: pure functions, and servers in the test process (tests/grpc_peer.py, kustomize);
+#   slow       (given by hand, with @pytest.mark.slow) a stack test that takes over a minute by design.
+KINDS = ("unit", "stack", "container", "slow")
+_CONTAINER = ('"podman"', "podman(", "netns", "kube play")
+
+
+_STACK = ("Stack(", "run.sh", '"rehearse"', "bench.py")
+
+
+def kinds(item):
+    """The kinds of a collected test: container, stack, or unit (from its source, its fixtures' and the sources of
+    the module's functions that they call)."""
+    functions = [item.function]
+    for defs in item._fixtureinfo.name2fixturedefs.values():   # pytest's view of the fixtures it will set up
+        functions += [d.func for d in defs]
+    text = ""
+    for fn in functions:
+        try:
+            text += inspect.getsource(fn)
+        except (OSError, TypeError):
+            continue
+    helpers = [f for name, f in vars(item.module).items()
+               if inspect.isfunction(f) and f.__module__ == item.module.__name__ and f"{name}(" in text]
+    for fn in helpers:
+        text += inspect.getsource(fn)
+    if any(word in text for word in _CONTAINER):
+        return {"container"}
+    if any(word in text for word in _STACK):
+        return {"stack"}
+    return {"unit"}
+
+
+def pytest_configure(config):
+    for kind in KINDS:
+        config.addinivalue_line("markers", f"{kind}: see tests/conftest.py, KINDS")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for kind in kinds(item):
+            item.add_marker(kind)
 
 
 def require(*tools, root=False):

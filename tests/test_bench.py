@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, require
 
 
+@pytest.mark.slow   # over a minute by design
 def test_bench_smoke_runs_every_workload_with_right_answers(tmp_path):
     require("wrk")
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench.py"), "--smoke",

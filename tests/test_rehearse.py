@@ -131,6 +131,7 @@ def by_check(report):
     return {f["check"]: f for f in report["findings"]}
 
 
+@pytest.mark.slow   # over a minute by design
 def test_the_shipped_repository_passes_every_phase():
     proc, report = rehearse("REHEARSE_GRACE=3")
     assert proc.returncode == 0, proc.stdout[-3000:]
@@ -203,6 +204,7 @@ def test_a_model_slower_than_40_s_fails_through_apig(broken_run):
     assert "asynchronous request mode" in latency["fix"] and "REQUEST_MODE=async" in latency["fix"]
 
 
+@pytest.mark.slow   # over a minute by design
 def test_in_the_asynchronous_request_mode_a_45_s_call_passes_and_its_stop_is_rehearsed(tmp_path):
     """REQUEST_MODE=async: the same kind of call past the gateway's 40 s passes (the platform's task queue holds
     it), and the rolling upgrade, with 45 s calls in flight at the SIGTERM, finishes them; new calls refused with
@@ -290,7 +292,7 @@ def test_a_service_answering_http_where_the_apis_say_https_fails_with_the_rule()
     """The check against a real plain-HTTP server on the port (what an image that ignores the protocol does)."""
     import http.server
     import threading
-    from deploy.rehearse.__main__ import mismatch
+    from deploy.rehearse.start import mismatch
 
     class Health(http.server.BaseHTTPRequestHandler):
         def do_GET(self):

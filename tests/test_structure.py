@@ -5,6 +5,7 @@
   must be longer says why in a comment on its first line that starts with "# longer:"."""
 import ast
 import os
+import re
 
 from conftest import ROOT
 
@@ -165,3 +166,16 @@ def test_every_relative_link_in_the_readme_and_docs_resolves():
             if not os.path.exists(path):
                 broken.append(f"{os.path.relpath(page, root)} -> {target}")
     assert broken == []
+
+
+def test_the_chinese_quick_start_names_the_english_commands_and_figures():
+    """README's 中文快速上手 stays in step with the English: every make command it gives is one the English README
+    gives, and every figure it quotes (a bold number) is in docs/benchmarks.md."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    english, _, chinese = readme.partition("## 中文快速上手")
+    assert chinese, "the Chinese quick start is there"
+    commands = lambda text: set(re.findall(r"\bmake ([a-z][a-z-]*)", text))   # noqa: E731
+    assert commands(chinese) and commands(chinese) <= commands(english), commands(chinese) - commands(english)
+    figures = re.findall(r"\*\*([0-9]+\.[0-9]+)\*\*", chinese)
+    benchmarks = open(os.path.join(ROOT, "docs", "benchmarks.md"), encoding="utf-8").read()
+    assert figures and all(f"**{f}**" in benchmarks for f in figures), figures

@@ -273,7 +273,7 @@ def test_every_folder_in_the_model_repository_is_a_model():
     assert folders and all(os.path.isfile(os.path.join(repo, d, "config.pbtxt")) for d in folders), folders
 
 
-# --- serving/v2.py: the allow-list (a pure function of method and path)
+# --- serving/handlers/v2.py: the allow-list (a pure function of method and path)
 
 @pytest.mark.parametrize("method,path,label", [
     ("GET", "/v2", "/v2"), ("GET", "/v2/health/ready", "/v2/health/ready"), ("HEAD", "/v2/health/live", "/v2/health/live"),

@@ -182,7 +182,7 @@ def check_proxy(path, report):
     except ConfigError as exc:
         report.add("FAIL", "the proxy's reading of config.json", str(exc), "proxy", "see the message")
         return None
-    report.add("PASS", "the proxy's reading of config.json", f"{len(config.routes)} route(s)", "proxy")
+    report.add("PASS", "the proxy's reading of config.json", f"{len(config.apis)} route(s)", "proxy")
     return config
 
 
