@@ -22,14 +22,14 @@ STARTUP_S = 180
 
 # A test's kind, read from its source and its fixtures' (so a new test is classed without a decorator):
 #   container  builds or runs an image with podman, or needs a network namespace (root);
-#   stack      starts Triton and the proxy (a Stack, directly or through a fixture);
+#   stack      starts Triton (and the proxy: a Stack, directly or through a fixture; make rehearse; the bench);
 #   unit       neither: pure functions, and servers in the test process (tests/grpc_peer.py, kustomize);
 #   slow       (given by hand, with @pytest.mark.slow) a stack test that takes over a minute by design.
 KINDS = ("unit", "stack", "container", "slow")
 _CONTAINER = ('"podman"', "podman(", "netns", "kube play")
 
 
-_STACK = ("Stack(", "run.sh", '"rehearse"', "bench.py")
+_STACK = ("Stack(", "run.sh", '"rehearse"', "bench.py", "TRITON_HOME", "tritonserver")
 
 
 def kinds(item):
