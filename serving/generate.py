@@ -1,6 +1,9 @@
 """Write a ModelArts config.json for a Triton model repository: one api per model, with only ModelArts' keys.
 
-    python -m serving.generate [MODEL_REPOSITORY] [--algorithm NAME] > config.json      (make config)
+    python -m serving.generate [MODEL_REPOSITORY] [--algorithm NAME] [--examples] > config.json      (make config)
+
+With --examples, a sample request for each api goes to stderr (a curl line, its body built from the model's
+dims: zeros, "text", false; a file field names a file to send), so that the first call needs no guessing.
 
 Each model's config.pbtxt decides its api; serving/binding.py binds it back by its tensor names at start-up:
 - URL: the model's `modelarts_url` parameter, else `/<model name>`;
@@ -64,6 +67,11 @@ def _item_or_batch(schema, max_batch):
     return {"type": [schema["type"], "array"], "items": schema, "description": note}
 
 
+def _listed(config, files):
+    """A list of N is a batch of N where every input is one element per item and none is a file."""
+    return config.max_batch_size > 0 and not files and all(list(i.dims) == [1] for i in config.input)
+
+
 def api(config):
     params = {k: v.string_value for k, v in config.parameters.items()}
     url = params.get("modelarts_url") or f"/{config.name}"
@@ -71,8 +79,7 @@ def api(config):
     unknown = files - {i.name for i in config.input}
     if unknown:
         raise SystemExit(f"{config.name}: modelarts_file_inputs names no input: {sorted(unknown)}")
-    # A list of N is a batch of N where every input is one element per item and none is a file.
-    listed = (config.max_batch_size > 0 and not files and all(list(i.dims) == [1] for i in config.input))
+    listed = _listed(config, files)
     # Otherwise a batched model takes one item or a batch of them, and answers in the same shape.
     batches = config.max_batch_size > 0 and not files and not listed
 
@@ -190,15 +197,63 @@ def generate(repository, algorithm="predict_analysis", protocol="http"):
     return {"model_algorithm": algorithm, "model_type": "Image", "apis": apis, "health": HEALTH}
 
 
+def _example_value(tensor, listed):
+    """A sample JSON value for one input, from its config.pbtxt: zeros (or "text", false) of its item's shape."""
+    name = model_config_pb2.DataType.Name(tensor.data_type).removeprefix("TYPE_")
+    value = {"string": "text", "boolean": False, "number": 0.0}.get(_JSON_TYPE.get(name), 0)
+    dims = [1 if d < 0 else int(d) for d in tensor.dims]
+    if dims not in ([], [1]):
+        for d in reversed(dims):
+            value = [value] * d
+    return [value] if listed else value
+
+
+def examples(repository, config, host="127.0.0.1:8080"):
+    """A curl line per api of `config` (as generate wrote it), for a service on `host`."""
+    by_url = {}
+    for path in sorted(os.listdir(repository)):
+        if os.path.isfile(os.path.join(repository, path, "config.pbtxt")):
+            c = read_model(os.path.join(repository, path))
+            by_url[api(c)["url"]] = c
+    lines = []
+    for a in config["apis"]:
+        url, scheme = a["url"], a.get("protocol", "http")
+        target = f"{scheme}://{host}{url}" + (" -k" if scheme == "https" else "")
+        props = a["request"]["data"]["properties"]
+        if a["method"] == "get":
+            lines.append(f"curl {target}")
+        elif url.endswith("/v1/chat/completions"):
+            lines.append(f"curl {target} -H 'Content-Type: application/json' -d "
+                         """'{"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}'""")
+        elif url.endswith("/v1/completions"):
+            lines.append(f"curl {target} -H 'Content-Type: application/json' -d '{{\"prompt\": \"Hello\"}}'")
+        elif url.endswith("/v1/embeddings"):
+            lines.append(f"curl {target} -H 'Content-Type: application/json' -d '{{\"input\": \"Hello\"}}'")
+        elif a["request"]["Content-type"] == "multipart/form-data":
+            fields = " ".join(f"-F {n}=@/path/to/{n}" if props[n].get("type") == "file" else f"-F {n}=..."
+                              for n in props)
+            lines.append(f"curl -X POST {target} {fields}")
+        else:
+            c = by_url[url]
+            doc = {i.name: _example_value(i, _listed(c, ())) for i in c.input if not i.optional}
+            lines.append(f"curl -X POST {target} -H 'Content-Type: application/json' -d '{json.dumps(doc)}'")
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("repository", nargs="?", default="model_repository")
     parser.add_argument("--algorithm", default="predict_analysis", help="config.json's model_algorithm")
     parser.add_argument("--protocol", choices=("http", "https"), default="http",
                         help="every api's protocol: the container's port speaks it (https: serving/tls.py)")
+    parser.add_argument("--examples", action="store_true", help="a sample request per api, on stderr")
     args = parser.parse_args()
-    json.dump(generate(args.repository, args.algorithm, args.protocol), sys.stdout, indent=2, ensure_ascii=False)
+    config = generate(args.repository, args.algorithm, args.protocol)
+    json.dump(config, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
+    if args.examples:
+        sys.stderr.write("sample requests, once `make serve` runs on this config.json:\n")
+        sys.stderr.writelines(f"  {line}\n" for line in examples(args.repository, config))
 
 
 if __name__ == "__main__":

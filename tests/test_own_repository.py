@@ -38,8 +38,13 @@ def test_make_config_then_serve_a_repository_of_ones_own(tmp_path):
     (repo / "scaler" / "config.pbtxt").write_text(CONFIG)
     (repo / "scaler" / "1" / "model.py").write_text(MODEL)
     # No CONFIG: make config writes the repository's own config.json, where make serve (run.sh) will read it.
-    subprocess.run(["make", "-s", "config", f"MODEL_REPOSITORY={repo}"], cwd=ROOT, check=True, timeout=300)
+    made = subprocess.run(["make", "-s", "config", f"MODEL_REPOSITORY={repo}"], cwd=ROOT, check=True, timeout=300,
+                          capture_output=True, text=True)
     doc = json.loads((repo / "config.json").read_text())
+    # make config says how to call each api: a curl line with a body built from the model's dims.
+    sample = ("curl -X POST http://127.0.0.1:8080/scaler -H 'Content-Type: application/json' "
+              """-d '{"x": [0.0, 0.0, 0.0, 0.0]}'""")
+    assert sample in made.stderr.splitlines()[-1], made.stderr
     assert [(a["url"], a["request"]["Content-type"]) for a in doc["apis"]] == [("/scaler", "application/json")]
     assert "x-triton" not in doc["apis"][0]
     # One item or a batch, in and out, and the schema says so.
@@ -49,6 +54,8 @@ def test_make_config_then_serve_a_repository_of_ones_own(tmp_path):
 
     stack = Stack(tmp_path, MODEL_REPOSITORY=repo).start()   # no MODELARTS_CONFIG: the repository's own
     try:
+        resp = requests.post(stack.url + "/scaler", json={"x": [0.0, 0.0, 0.0, 0.0]}, timeout=30)   # the sample
+        assert (resp.status_code, body(resp)) == (200, {"y": [0.0, 0.0, 0.0, 0.0], "top": 0})
         resp = requests.post(stack.url + "/scaler", json={"x": [1.5, -2, 7, 0.25]}, timeout=30)
         assert (resp.status_code, body(resp)) == (200, {"y": [3.0, -4.0, 14.0, 0.5], "top": 2})
         resp = requests.post(stack.url + "/scaler", json={"x": [[1.5, -2, 7, 0.25]]}, timeout=30)   # a batch of one

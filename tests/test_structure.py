@@ -179,3 +179,22 @@ def test_the_chinese_quick_start_names_the_english_commands_and_figures():
     figures = re.findall(r"\*\*([0-9]+\.[0-9]+)\*\*", chinese)
     benchmarks = open(os.path.join(ROOT, "docs", "benchmarks.md"), encoding="utf-8").read()
     assert figures and all(f"**{f}**" in benchmarks for f in figures), figures
+
+
+def test_the_readme_map_names_every_room():
+    """README's Layout block names every module and folder of serving/ (and of its packages), deploy/ and the
+    bench's Python files: the map matches the tree."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    start = readme.index("## Layout")
+    block = readme[start:readme.index("```", readme.index("```", start) + 3)]
+    missing = []
+    for folder in ("serving", "serving/handlers", "serving/triton", "serving/loading", "serving/grpc_wire", "deploy",
+                   "benchmarks"):
+        for entry in sorted(os.listdir(os.path.join(ROOT, folder))):
+            path = os.path.join(ROOT, folder, entry)
+            if entry.startswith(("_", ".")) or not (entry.endswith(".py") or (os.path.isdir(path) and
+                                                                              folder in ("serving", "deploy"))):
+                continue
+            if (entry[:-3] if entry.endswith(".py") and "/" in folder else entry) not in block:
+                missing.append(f"{folder}/{entry}")
+    assert missing == []
