@@ -52,7 +52,8 @@ def input_data(model, metadata, samples):
             n = 1
             for d in shape:
                 n *= d
-            item[name] = {"content": [0] * n, "shape": shape[1:] if len(shape) > 1 else shape}
+            zero = 0.0 if datatype.startswith(("FP", "BF")) else False if datatype == "BOOL" else 0   # perf_analyzer
+            item[name] = {"content": [zero] * n, "shape": shape[1:] if len(shape) > 1 else shape}      # checks types
     return {"data": [item]}
 
 

@@ -1,4 +1,4 @@
-"""gunicorn's gevent worker, with three changes.
+"""gunicorn's gevent worker, with these changes.
 
 - Between two requests of a keep-alive connection it yields to the hub, so that every connection is served in turn
   (see _IdleWait.__enter__).
@@ -10,15 +10,19 @@
   header over its limits), is JSON `{"error": ...}` like every other error here, not gunicorn's HTML page.
 - Over HTTPS, a failed TLS handshake (plain HTTP on the port, an old TLS version, a client that does not trust
   the certificate) is one log line, not a greenlet's traceback.
+- An answer whose body is one block of its Content-Length (every JSON answer, every v2 answer up to 64 KB) goes
+  out in one send with its head, not two (`Response`), and the Date header is made once a second, not per answer.
 """
 import json
 import logging
 import ssl
+import time
 
 import gevent
 from gevent import getcurrent
 from gevent.server import StreamServer
 from gunicorn import util
+from gunicorn.http import wsgi
 from gunicorn.workers.ggevent import GeventWorker as _GeventWorker
 
 from . import drain
@@ -55,6 +59,42 @@ def wrap_socket_and_handle(server, client_socket, address):
 
 
 StreamServer.wrap_socket_and_handle = wrap_socket_and_handle   # on a gevent upgrade: check its signature
+
+class Response(wsgi.Response):
+    """gunicorn's response, with the head and a whole body sent together. gunicorn writes the head, then each body
+    block, each with its own send: two system calls (and two segments for the client to wake up for) per answer.
+    A profile of the v2 pass-through under perf_analyzer had those sends at a quarter of the worker's time."""
+
+    def write(self, arg):
+        if (self.headers_sent or self.chunked or self._omits_body or type(arg) is not bytes
+                or self.response_length is None or len(arg) != self.response_length):
+            return super().write(arg)
+        # gunicorn's send_headers, with the body appended (on a gunicorn upgrade: compare with send_headers and
+        # write in gunicorn/http/wsgi.py, and check that wsgi.create still makes its response from wsgi.Response)
+        head = self.default_headers()
+        head.extend(["%s: %s\r\n" % (k, v) for k, v in self.headers])
+        self.headers_sent = True
+        self.sent = len(arg)
+        util.write(self.sock, ("%s\r\n" % "".join(head)).encode("latin-1") + arg)
+
+
+wsgi.Response = Response
+
+_http_date = util.http_date
+_date = [0, ""]
+
+
+def http_date(timestamp=None):
+    """gunicorn's Date header, made once a second (it formats the time on every answer)."""
+    if timestamp is not None:
+        return _http_date(timestamp)
+    now = int(time.time())
+    if _date[0] != now:
+        _date[:] = now, _http_date(now)
+    return _date[1]
+
+
+util.http_date = http_date   # gunicorn's Response.default_headers calls util.http_date() (check on an upgrade)
 
 SHUTDOWN_IDLE_S = 1.0   # a connection accepted during shutdown still gets its first request served
 # At shutdown an idle connection is closed this long after the signal, not at once: a request a client sent just

@@ -65,3 +65,17 @@ def test_a_smoke_run_never_writes_the_committed_results():
     import bench
     assert bench.results_dir(True) == bench.ROOT / "build" / "bench-smoke"
     assert bench.results_dir(False) == bench.ROOT / "benchmarks" / "results"
+
+
+def test_make_perf_writes_typed_zeros_for_numeric_inputs():
+    """perf_analyzer refuses `--input-data` whose values are not of the input's type ("unable to find float data in
+    json"): an FP32 input gets 0.0, an integer one 0, a BOOL one false, each in the item's shape."""
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import perf
+    meta = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]},
+                       {"name": "n", "datatype": "INT64", "shape": [2]},
+                       {"name": "b", "datatype": "BOOL", "shape": [1]}]}
+    (item,) = perf.input_data("m", meta, {})["data"]
+    assert item == {"x": {"content": [0.0] * 4, "shape": [4]}, "n": {"content": [0, 0], "shape": [2]},
+                    "b": {"content": [False], "shape": [1]}}
+    assert json.dumps(item["x"]["content"]) == "[0.0, 0.0, 0.0, 0.0]"

@@ -76,3 +76,13 @@ def test_logs_go_to_stdout(stack):
     assert "Listening at: http://0.0.0.0:" in log
     assert "route POST / -> model 'mnist'" in log
     assert '"POST / HTTP/1.1" 200' in log   # access log
+
+
+def test_the_models_openmp_threads_sleep_instead_of_spinning(stack):
+    """run.sh gives Triton, and so every python model's process, OMP_WAIT_POLICY=PASSIVE: torch's OpenMP threads
+    spinning between batches took the CPUs the proxy needs (docs/v2-and-perf-analyzer.md)."""
+    stubs = stack.pids("triton_python_backend_stub")
+    assert stubs
+    for pid in stubs:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            assert b"OMP_WAIT_POLICY=PASSIVE" in f.read().split(b"\0"), pid
