@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 
+import requests
 import urllib3
 
 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)   # the https section's self-signed pair
@@ -123,6 +124,12 @@ def run(args, workdir):
     return rows, health, isolation, v2
 
 
+def inferences(direct, model):
+    """How many inferences Triton has run of `model` (its statistics API): perf_analyzer's own count is not kept."""
+    stats = requests.get(f"{direct}/v2/models/{model}/stats", timeout=10).json()["model_stats"]
+    return sum(s["inference_count"] for s in stats)
+
+
 def measure_v2(loads, args, stack, direct, workdir):
     """perf_analyzer over HTTP, with the same flags, against the proxy's KServe v2 pass-through (:8080/v2/...)
     and against Triton's own HTTP port, alternating."""
@@ -133,7 +140,13 @@ def measure_v2(loads, args, stack, direct, workdir):
             point = {"workload": name, "model": spec["model"], "concurrency": c}
             order = (("direct", direct), ("proxy", stack.url)) if i % 2 == 0 else (("proxy", stack.url), ("direct", direct))
             for side, url in order:
+                gunicorn, served = stack.pids("gunicorn"), inferences(direct, spec["model"])
+                cpu0 = proc_cpu(gunicorn)
                 measured = perf_analyzer(spec, url.replace("http://", ""), c, args.seconds, workdir, "http")
+                if side == "proxy" and measured not in (None, "timeout"):   # the proxy's CPU per v2 request
+                    # (Triton's count: perf_analyzer's own is not kept; its warm-up calls count too, on both sides)
+                    point["proxy_cpu_ms_per_request"] = ((proc_cpu(gunicorn) - cpu0) * 1000
+                                                         / max(1, inferences(direct, spec["model"]) - served))
                 if measured is None:   # no perf_analyzer on this machine
                     return rows
                 if measured == "timeout":
@@ -148,7 +161,8 @@ def measure_v2(loads, args, stack, direct, workdir):
             rows.append(point)
             print(f"v2 {name:9} c={c:<3} perf_analyzer http: proxy {point['proxy']['rps']:7.0f} req/s "
                   f"p50 {point['proxy']['p50_ms']:6.2f} ms | direct {point['direct']['rps']:7.0f} req/s "
-                  f"p50 {point['direct']['p50_ms']:6.2f} ms | ratio {point['throughput_ratio']:.2f}", flush=True)
+                  f"p50 {point['direct']['p50_ms']:6.2f} ms | ratio {point['throughput_ratio']:.2f} | proxy CPU "
+                  f"{point.get('proxy_cpu_ms_per_request', float('nan')):.3f} ms/req", flush=True)
     return rows
 
 
@@ -227,7 +241,7 @@ def main():
     parser.add_argument("--perf-analyzer", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--v2", action=argparse.BooleanOptionalAction, default=True,
                         help="perf_analyzer over HTTP through the proxy's /v2 and straight to Triton")
-    parser.add_argument("--v2-concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--v2-concurrency", type=int, nargs="+", default=[1, 8, 16, 32])
     parser.add_argument("--ab", nargs=2, metavar=("A", "B"),
                         help='only compare the CPU per request under two settings, e.g. --ab METRICS=true METRICS=false')
     parser.add_argument("--rounds", type=int, default=3, help="--ab: measurements per side")
