@@ -446,21 +446,40 @@ def test_a_call_killed_while_it_waits_for_a_slot_leaves_the_slots_whole():
 
 def test_a_v2_call_that_finds_every_connection_busy_until_its_deadline_is_a_503_with_retry_after():
     import time
-    from serving.handlers import v2
     from serving.errors import Unavailable
+    from serving.handlers import v2
     upstream = v2.Upstream("127.0.0.1", 9, 1, 0.2, 1024)
-
-    class Busy:   # every connection taken: get_socket waits
-        def get_socket(self):
-            import gevent
-            gevent.sleep(10)
-    upstream.pool = Busy()
+    assert upstream.pool.slots.take()   # the one connection is in use
     started = time.monotonic()
     with pytest.raises(Unavailable) as err:
         upstream._socket()
     assert 0.15 < time.monotonic() - started < 2 and err.value.retry_after == 1
     assert err.value.message == ("every connection to the inference server's HTTP port was busy for 0.2 s "
                                  "(V2_CONNECTIONS)")
+
+
+def test_the_v2_pool_reuses_a_fresh_connection_and_checks_an_older_one_before_reuse():
+    """A connection back within FRESH_S is reused as it is; an older one is peeked at, and one the server closed
+    meanwhile is dropped for a new connection."""
+    import socket
+    import time
+    from serving.handlers import v2
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    pool = v2.Pool("127.0.0.1", server.getsockname()[1], 2, 1.0)
+    a = pool.get(time.monotonic() + 1)
+    pool.return_socket(a)
+    assert pool.get(time.monotonic() + 1) is a and pool.slots.free == 1   # fresh: no peek
+    pool.return_socket(a)
+    peer, _ = server.accept()
+    peer.close()                                                        # the server closes it
+    pool.idle[-1] = (a, time.monotonic() - 2 * v2.Pool.FRESH_S)         # and it has been idle a while
+    b = pool.get(time.monotonic() + 1)
+    assert b is not a and a.fileno() == -1 and pool.slots.free == 1
+    pool.release_socket(b)
+    assert pool.slots.free == 2 and pool.idle == []
+    server.close()
 
 
 def test_a_stream_counts_in_flight_until_the_server_closes_it():

@@ -13,15 +13,17 @@ its status and its headers come back as Triton gave them, byte for byte.
 import errno
 import re
 import socket
+import time
 from urllib.parse import quote, unquote
 
 import gevent
-from geventhttpclient.connectionpool import ConnectionPool
+from gevent import socket as gsocket
 from geventhttpclient.response import HTTPConnectionClosed, HTTPParseError, HTTPSocketPoolResponse
 
 from .. import errors
 from ..errors import ServingError
 from ..http import error_answer
+from ..slots import Slots
 
 BLOCK = 64 * 1024
 _MODEL = r"/v2/models/(?!\.\.?/)[^/]+(?:/versions/(?!\.\.?/)[^/]+)?"
@@ -99,14 +101,74 @@ class _Stream:
             response.release()   # back to the pool when read to the end; closed when the client left mid-answer
 
 
+class Pool:
+    """Keep-alive connections to Triton's HTTP port: at most `size` in use, the others waiting first come first
+    served within their deadline (serving/slots.py: no timer per call), idle ones reused last in, first out.
+
+    An idle connection that Triton may have closed meanwhile is checked (a peek: EOF means closed, bytes would answer
+    nothing we asked) unless it came back within FRESH_S. The calls (get, give_back, discard) are the ones
+    geventhttpclient's response uses (return_socket, release_socket)."""
+    FRESH_S = 1.0
+
+    def __init__(self, host, port, size, connect_timeout):
+        self.address, self.connect_timeout = (host, port), connect_timeout
+        self.slots = Slots(size)
+        self.idle = []   # [(socket, when it came back)]
+
+    def get(self, deadline):
+        """A connection, or None when every one stayed in use until `deadline`. Raises OSError (connect)."""
+        if not self.slots.take() and not self.slots.acquire(deadline):
+            return None
+        now = time.monotonic()
+        while self.idle:
+            sock, since = self.idle.pop()
+            if now - since < self.FRESH_S or _unread(sock):
+                return sock
+            sock.close()
+        try:
+            sock = gsocket.create_connection(self.address, timeout=self.connect_timeout)
+        except BaseException:
+            self.slots.release()
+            raise
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def return_socket(self, sock):
+        self.idle.append((sock, time.monotonic()))
+        self.slots.release()
+
+    def release_socket(self, sock):
+        sock.close()
+        self.slots.release()
+
+    def close(self):
+        for sock, _ in self.idle:
+            sock.close()
+        self.idle.clear()
+
+
+def _unread(sock):
+    """True when an idle connection is still open and has nothing to read."""
+    timeout = sock.gettimeout()
+    sock.settimeout(0.0)   # gevent then answers at once instead of waiting for data
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.settimeout(timeout)
+    return False
+
+
 class Upstream:
     """Keep-alive connections to Triton's HTTP port, shared by the greenlets of one worker."""
 
     def __init__(self, host, port, size, timeout, max_body, on_error=None):
         self.host, self.port = host, port
         self.timeout, self.max_body = timeout, max_body
-        self.pool = ConnectionPool(host, port, host, port, size=size, network_timeout=timeout,
-                                   connection_timeout=min(timeout, 5.0))
+        self.pool = Pool(host, port, size, min(timeout, 5.0))
         self.hostheader = f"Host: {host}:{port}\r\n"
         self.on_error = on_error or (lambda kind: None)
 
@@ -114,29 +176,17 @@ class Upstream:
         self.pool.close()
 
     def _socket(self):
-        """A pooled connection that Triton has not closed meanwhile: an idle connection must have nothing to read
-        (EOF means Triton closed it; bytes would answer nothing we asked)."""
-        while True:
-            try:
-                # A new connection when none is idle; when all V2_CONNECTIONS are busy, a wait within the deadline.
-                with gevent.Timeout(self.timeout, False):
-                    sock = None
-                    sock = self.pool.get_socket()
-                if sock is None:
-                    self.on_error("busy")
-                    raise errors.Unavailable(f"every connection to the inference server's HTTP port was busy for "
-                                             f"{self.timeout:g} s (V2_CONNECTIONS)", retry_after=1)
-            except OSError as exc:
-                raise self._fail("unavailable", exc) from None
-            sock.settimeout(0.0)   # gevent then answers at once instead of waiting for data
-            try:
-                sock.recv(1, socket.MSG_PEEK)
-            except BlockingIOError:
-                sock.settimeout(self.timeout)
-                return sock
-            except OSError:
-                pass
-            self.pool.release_socket(sock)
+        """A pooled connection, within the deadline (when all V2_CONNECTIONS are busy, a wait)."""
+        try:
+            sock = self.pool.get(time.monotonic() + self.timeout)
+        except OSError as exc:
+            raise self._fail("unavailable", exc) from None
+        if sock is None:
+            self.on_error("busy")
+            raise errors.Unavailable(f"every connection to the inference server's HTTP port was busy for "
+                                     f"{self.timeout:g} s (V2_CONNECTIONS)", retry_after=1)
+        sock.settimeout(self.timeout)
+        return sock
 
     def _fail(self, kind, exc):
         self.on_error(kind)
