@@ -109,7 +109,8 @@ class Front:
         path = environ.get("PATH_INFO", "")
         methods = self.paths.get(path)
         if methods is not None:
-            return methods.get(environ.get("REQUEST_METHOD")) or methods[None], path
+            handler = methods.get(environ.get("REQUEST_METHOD"))
+            return methods[None] if handler is None else handler, path
         if self.v2 is not None and path.startswith("/v2") and (len(path) == 3 or path[3] == "/"):
             endpoint = environ[v2.ENDPOINT] = v2.route(environ.get("REQUEST_METHOD", ""), path)
             return self.v2, endpoint if isinstance(endpoint, str) else "/v2 (refused)"
