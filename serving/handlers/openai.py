@@ -523,7 +523,8 @@ class Models(Handler):
 
 
 class Elsewhere(Handler):
-    """Every other path under an OpenAI route's /v1/: /v1/models/{id}, and 404 and 405 in OpenAI's shape."""
+    """Every other path under an OpenAI route's /v1/: /v1/models/{id}, and 404 and 405 in OpenAI's shape (also the
+    405 of the routes' own paths: serving/front.py's table answers their HEAD and OPTIONS)."""
 
     def __init__(self, handlers):
         self.handlers = handlers   # (method, url) -> handler, of the OpenAI routes
@@ -539,8 +540,6 @@ class Elsewhere(Handler):
             if method in ("GET", "HEAD"):
                 return self.models.handle(environ)
             raise OpenAIError(f"method {method} is not allowed on {path}", status=405)
-        if method == "HEAD" and ("GET", path) in self.handlers:
-            return self.handlers[("GET", path)].handle(environ)
         allowed = sorted(m for (m, u) in self.handlers if u == path)
         if allowed:
             raise OpenAIError(f"method {method} is not allowed on {path} (allowed: {', '.join(allowed)})",
