@@ -62,10 +62,6 @@ class Forbidden(ServingError):
     status = 403
 
 
-class PayloadTooLarge(ServingError):
-    status = 413
-
-
 def route(method, path):
     """The endpoint label of an allowed v2 call, or the ServingError that refuses it (403 or 405)."""
     allowed_methods = []
@@ -106,8 +102,8 @@ class Pool:
     served within their deadline (serving/slots.py: no timer per call), idle ones reused last in, first out.
 
     An idle connection that Triton may have closed meanwhile is checked (a peek: EOF means closed, bytes would answer
-    nothing we asked) unless it came back within FRESH_S. The calls (get, give_back, discard) are the ones
-    geventhttpclient's response uses (return_socket, release_socket)."""
+    nothing we asked) unless it came back within FRESH_S. `return_socket` and `release_socket` are the calls by
+    which geventhttpclient's response gives a connection back (kept, or closed)."""
     FRESH_S = 1.0
 
     def __init__(self, host, port, size, connect_timeout):
@@ -214,12 +210,12 @@ class Upstream:
             except ValueError:
                 raise errors.BadRequest("Content-Length is not a number") from None
             if length > self.max_body:
-                raise PayloadTooLarge(too_large)
+                raise errors.PayloadTooLarge(too_large)
             return length, body_in.read(min(length, BLOCK))
         if method == "POST":   # chunked: read up to the limit, then send it with a length
             first = body_in.read(self.max_body + 1)
             if len(first) > self.max_body:
-                raise PayloadTooLarge(too_large)
+                raise errors.PayloadTooLarge(too_large)
             return len(first), first
         return 0, b""
 
